@@ -1,0 +1,1 @@
+//! The latency/QPS suite: scenarios, measurement, reports, regression gating.

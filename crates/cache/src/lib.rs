@@ -1,0 +1,1 @@
+//! Temporal cache stage: time-decayed item popularity and precomputed similarity rows of hot items.

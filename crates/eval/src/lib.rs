@@ -1,0 +1,1 @@
+//! Offline quality evaluation on MovieLens: protocol, metrics, baselines and pipeline variants.

@@ -1,0 +1,1 @@
+//! Fusion stage: blends the query embedding with the user's (and companions') profile.

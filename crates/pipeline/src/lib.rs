@@ -1,0 +1,1 @@
+//! Composes the stages into the recommendation path; indexing, events, per-stage timings.

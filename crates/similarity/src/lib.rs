@@ -1,0 +1,1 @@
+//! Similarity stage: exact inner product over every item and top-K selection.
