@@ -8,4 +8,4 @@
 
 pub mod state;
 
-pub use state::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
+pub use state::{HistoryEntry, ItemEmbeddings, ProfileRule, SharedUsers, UserTable};

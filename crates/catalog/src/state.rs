@@ -4,8 +4,15 @@
 //! (mutated by real-time events), and hands stages `Arc` handles to them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use hyperrec_stage::{ItemIndex, UserId, UserIndex};
+
+/// The user table as the pipeline shares it with stages: events take the write lock
+/// briefly; stages take read locks while they process a batch.
+pub type SharedUsers = Arc<RwLock<UserTable>>;
 
 /// Row-major `[n_items, dim]` matrix of L2-normalized item embeddings.
 #[derive(Clone, Debug, PartialEq)]
