@@ -22,12 +22,21 @@ impl fmt::Display for DeviceKind {
 
 /// Plain-old-data element types a device buffer can hold. `u16` carries fp16 bits so this
 /// crate needs no half-precision dependency.
-pub trait Element: Copy + Default + Send + Sync + fmt::Debug + 'static {}
-impl Element for f32 {}
-impl Element for u32 {}
-impl Element for i32 {}
-impl Element for u16 {}
-impl Element for u8 {}
+///
+/// # Safety
+/// Implementors must have no padding and accept every bit pattern (including all zeros),
+/// so device backends may move them as raw bytes.
+pub unsafe trait Element: Copy + Default + Send + Sync + fmt::Debug + 'static {}
+// SAFETY: primitive numbers: no padding, every bit pattern valid.
+unsafe impl Element for f32 {}
+// SAFETY: as above.
+unsafe impl Element for u32 {}
+// SAFETY: as above.
+unsafe impl Element for i32 {}
+// SAFETY: as above.
+unsafe impl Element for u16 {}
+// SAFETY: as above.
+unsafe impl Element for u8 {}
 
 /// A place where a batch's buffers live and where stages do their work.
 ///
