@@ -1,1 +1,269 @@
-//! Composes the stages into the recommendation path; indexing, events, per-stage timings.
+//! The recommendation path: composes the stages, owns the shared state, applies events.
+//!
+//! ```text
+//! request -> encode -> fusion -> cache (history prior) -> similarity (top-C) -> rerank (top-k)
+//! ```
+//!
+//! [`Pipeline`] is the only place that knows every stage crate. It builds the shared tables
+//! (item embeddings, the user table), constructs each stage from a [`PipelineConfig`], runs
+//! batches through them with per-stage timings, and applies real-time [`Event`]s so that the
+//! very next request sees them.
+//!
+//! Architecture Invariant: stages never call each other; everything one stage tells the
+//! next travels in the [`Batch`]. Architecture Invariant: the pipeline synchronizes with the
+//! device once per batch, after the last stage.
+
+mod config;
+mod error;
+mod events;
+mod index;
+mod response;
+
+use std::sync::Arc;
+
+use hyperrec_cache::{CacheHandle, TemporalCache};
+use hyperrec_catalog::{Dataset, HistoryEntry, ItemEmbeddings, SharedUsers, UserTable};
+use hyperrec_encoder::{EncoderStage, QueryEncoder};
+use hyperrec_fusion::Fusion;
+use hyperrec_rerank::{AttentionRerank, ContextVocabulary, RerankWeights};
+use hyperrec_similarity::Similarity;
+use hyperrec_stage::{Batch, Cpu, Device, DeviceKind, Event, ItemId, Request, Stage, StageTiming};
+use parking_lot::RwLock;
+
+pub use config::{CacheSettings, DeviceChoice, PipelineConfig, MAX_K};
+pub use error::PipelineError;
+pub use events::EventLog;
+pub use index::{item_embeddings, IndexReport};
+pub use response::{MemoryComponent, MemoryReport, RecommendedItem, Response, ResponseContribution};
+
+/// Names of the stage slots, in the order the pipeline runs them.
+pub const STAGE_ORDER: [&str; 5] = ["encode", "fusion", "cache", "similarity", "rerank"];
+
+/// The composed recommendation path and the state it serves from.
+pub struct Pipeline {
+    config: PipelineConfig,
+    dataset: Arc<Dataset>,
+    encoder: Arc<QueryEncoder>,
+    items: Arc<ItemEmbeddings>,
+    users: SharedUsers,
+    cache: CacheHandle,
+    context: Arc<ContextVocabulary>,
+    stages: Vec<Box<dyn Stage<Cpu>>>,
+    batch: Batch<Cpu>,
+}
+
+impl Pipeline {
+    /// Builds every stage over `dataset`, whose items are embedded as `items` (see
+    /// [`item_embeddings`]). Context phrases are encoded once here.
+    pub fn build(
+        dataset: Arc<Dataset>,
+        encoder: Arc<QueryEncoder>,
+        items: ItemEmbeddings,
+        config: PipelineConfig,
+    ) -> Result<Pipeline, PipelineError> {
+        config.validate()?;
+        if items.len() != dataset.catalog.len() {
+            return Err(PipelineError::Index(format!(
+                "{} item embeddings for a catalog of {} items",
+                items.len(),
+                dataset.catalog.len()
+            )));
+        }
+        let dim = items.dim();
+        let items = Arc::new(items);
+        let users: SharedUsers = Arc::new(RwLock::new(UserTable::build(
+            dataset.user_histories(),
+            &items,
+            config.profile_rule,
+        )));
+
+        let phrases = ContextVocabulary::all_phrases(&dataset.catalog.genres());
+        let phrase_refs: Vec<&str> = phrases.iter().map(String::as_str).collect();
+        let phrase_embeddings = encoder.encode(&phrase_refs)?;
+        let context = Arc::new(ContextVocabulary::new(
+            phrases.into_iter().zip(phrase_embeddings).collect(),
+        ));
+
+        let cache = TemporalCache::new(items.clone(), users.clone(), config.cache_config())?;
+        for rating in &dataset.ratings {
+            cache.handle().record(rating.item, rating.timestamp);
+        }
+        cache.handle().rebuild_now();
+        let cache_handle = cache.handle();
+
+        let weights = match &config.rerank_weights {
+            Some(path) => RerankWeights::load(path)?,
+            None => RerankWeights::untrained(dim, config.rerank.heads),
+        };
+        let stages: Vec<Box<dyn Stage<Cpu>>> = vec![
+            Box::new(EncoderStage::new(encoder.clone())),
+            Box::new(Fusion::new(users.clone(), config.fusion_config())?),
+            Box::new(cache),
+            Box::new(Similarity::new(items.clone(), users.clone(), config.similarity_config())?),
+            Box::new(AttentionRerank::new(
+                items.clone(),
+                users.clone(),
+                context.clone(),
+                config.rerank.clone(),
+                weights,
+            )?),
+        ];
+        Ok(Pipeline {
+            batch: Batch::new(&Cpu, dim)?,
+            config,
+            dataset,
+            encoder,
+            items,
+            users,
+            cache: cache_handle,
+            context,
+            stages,
+        })
+    }
+
+    /// Replaces the stage in slot `name` (one of [`STAGE_ORDER`]) with `stage`, returning the
+    /// old one. This is how teams swap a stage implementation.
+    pub fn replace_stage(
+        &mut self,
+        name: &str,
+        stage: Box<dyn Stage<Cpu>>,
+    ) -> Result<Box<dyn Stage<Cpu>>, PipelineError> {
+        let slot = STAGE_ORDER
+            .iter()
+            .position(|s| *s == name)
+            .ok_or_else(|| PipelineError::UnknownStage(name.to_owned()))?;
+        Ok(std::mem::replace(&mut self.stages[slot], stage))
+    }
+
+    pub fn device(&self) -> DeviceKind {
+        Cpu.kind()
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    pub fn items(&self) -> &Arc<ItemEmbeddings> {
+        &self.items
+    }
+
+    pub fn users(&self) -> &SharedUsers {
+        &self.users
+    }
+
+    pub fn encoder(&self) -> &Arc<QueryEncoder> {
+        &self.encoder
+    }
+
+    pub fn cache(&self) -> &CacheHandle {
+        &self.cache
+    }
+
+    pub fn context_vocabulary(&self) -> &Arc<ContextVocabulary> {
+        &self.context
+    }
+
+    /// Recommends for one request.
+    pub fn recommend(&mut self, request: &Request) -> Result<Response, PipelineError> {
+        let mut responses = self.recommend_batch(std::slice::from_ref(request))?;
+        responses.pop().ok_or(PipelineError::EmptyBatch)
+    }
+
+    /// Recommends for a batch of requests in one pass through the stages. Every response
+    /// carries the batch's per-stage timings.
+    pub fn recommend_batch(&mut self, requests: &[Request]) -> Result<Vec<Response>, PipelineError> {
+        if requests.is_empty() {
+            return Err(PipelineError::EmptyBatch);
+        }
+        for request in requests {
+            self.config.validate_request(request)?;
+        }
+        let device = Cpu;
+        self.batch.reset(&device, requests.to_vec())?;
+        let mut marks = Vec::with_capacity(self.stages.len() + 1);
+        marks.push(device.mark()?);
+        for stage in &mut self.stages {
+            stage.run(&device, &mut self.batch)?;
+            marks.push(device.mark()?);
+        }
+        device.synchronize()?;
+        self.batch.timings.clear();
+        for (stage, pair) in self.stages.iter().zip(marks.windows(2)) {
+            self.batch.timings.push(StageTiming {
+                stage: stage.name(),
+                elapsed: device.elapsed(&pair[0], &pair[1])?,
+            });
+        }
+        let total = device.elapsed(&marks[0], &marks[marks.len() - 1])?;
+        Ok(response::collect(&self.batch, &self.dataset.catalog, total, device.kind()))
+    }
+
+    /// Applies a real-time event: the user's history, seen set and profile, then every
+    /// stage's derived state (popularity, device rows). The next request sees it.
+    pub fn apply_event(&mut self, event: &Event) -> Result<(), PipelineError> {
+        let item = self
+            .dataset
+            .catalog
+            .index_of(event.item)
+            .ok_or(PipelineError::UnknownItem(event.item))?;
+        let rating = event.interaction.as_rating();
+        if !(0.5..=5.0).contains(&rating) || !rating.is_finite() {
+            return Err(PipelineError::InvalidEvent(format!(
+                "rating {rating} is outside 0.5..=5.0"
+            )));
+        }
+        self.users.write().apply(
+            event.user,
+            HistoryEntry { item, rating, timestamp: event.timestamp },
+            &self.items,
+        );
+        for stage in &mut self.stages {
+            stage.observe(&Cpu, event)?;
+        }
+        Ok(())
+    }
+
+    /// Looks up an item by external id.
+    pub fn item_index(&self, id: ItemId) -> Result<u32, PipelineError> {
+        self.dataset.catalog.index_of(id).ok_or(PipelineError::UnknownItem(id))
+    }
+
+    /// Items most similar to `item` (served by the temporal cache when `item` is hot).
+    pub fn similar(&self, id: ItemId, k: usize) -> Result<(Vec<RecommendedItem>, bool), PipelineError> {
+        if k == 0 || k > MAX_K {
+            return Err(PipelineError::InvalidRequest(format!("k must be in 1..={MAX_K}, got {k}")));
+        }
+        let item = self.item_index(id)?;
+        let (neighbours, lookup) = self.cache.similar(item, k + 1);
+        let items = neighbours
+            .into_iter()
+            .filter(|(other, _)| *other != item)
+            .take(k)
+            .map(|(other, score)| response::plain_item(&self.dataset.catalog, other, score))
+            .collect();
+        Ok((items, lookup.is_hit()))
+    }
+
+    /// Bytes held per component.
+    pub fn memory_report(&self) -> MemoryReport {
+        let users = self.users.read();
+        let dim = self.items.dim();
+        let history_entries: usize = (0..users.len() as u32).map(|u| users.history(u).len()).sum();
+        let mut components = vec![
+            MemoryComponent::host("items", self.items.as_slice().len() * 4),
+            MemoryComponent::host("users", users.len() * dim * 4),
+            MemoryComponent::host(
+                "histories",
+                history_entries * (std::mem::size_of::<HistoryEntry>() + 4),
+            ),
+            MemoryComponent::host("cache", self.cache.stats().bytes),
+            MemoryComponent::host("context", self.context.len() * dim * 4),
+        ];
+        components.push(MemoryComponent::host("workspace", response::batch_bytes(&self.batch)));
+        MemoryReport { device: Cpu.kind(), components }
+    }
+}
