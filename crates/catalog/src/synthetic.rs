@@ -10,7 +10,8 @@
 //!   (0-based) is drawn with weight `1 / (r + 1)^zipf_exponent`.
 //! - **Users** each prefer one to three genres and dislike one other. Each history draws
 //!   60% of its items from preferred genres, 10% from the disliked genre and 30% from the
-//!   whole catalog, all Zipf-weighted and without repeats. A rating is
+//!   whole catalog, all Zipf-weighted and without repeats (exactly
+//!   `min(history_len, items)` items). A rating is
 //!   `3.1 + 1.0 [preferred] - 1.6 [disliked] + quality + user bias + noise`, rounded to
 //!   the half star and clamped to `0.5..=5.0`, so likes cluster in preferred genres and
 //!   the disliked genre yields low ratings. Each user's timestamps strictly increase.
@@ -231,6 +232,7 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
         items: &generated,
         global,
         by_genre,
+        by_rank,
     };
     let ratings: Vec<Rating> = (0..config.users)
         .into_par_iter()
@@ -369,6 +371,8 @@ struct World<'a> {
     items: &'a [GeneratedItem],
     global: ZipfTable,
     by_genre: Vec<ZipfTable>,
+    /// Items from most to least popular.
+    by_rank: Vec<ItemIndex>,
 }
 
 impl World<'_> {
@@ -381,7 +385,7 @@ impl World<'_> {
         let len = self.config.history_len.min(self.items.len());
 
         let mut chosen: Vec<ItemIndex> = Vec::with_capacity(len);
-        // Give up on a slot after this many repeats (only tiny catalogs get there).
+        // Redraws before falling back to the most popular unchosen item.
         const ATTEMPTS: usize = 64;
         for _ in 0..len {
             let source = rng.random::<f64>();
@@ -408,9 +412,15 @@ impl World<'_> {
                     _ => {}
                 }
             }
-            if let Some(item) = drawn {
-                chosen.push(item);
-            }
+            // Only tiny or extremely skewed catalogs get here: take the most popular item
+            // not yet chosen, so every history has exactly `len` distinct items.
+            let item = drawn.or_else(|| {
+                self.by_rank
+                    .iter()
+                    .copied()
+                    .find(|item| !chosen.contains(item))
+            });
+            chosen.extend(item);
         }
 
         let start = rng.random_range(946_684_800_i64..1_577_836_800); // 2000 to 2020
@@ -653,7 +663,18 @@ fn synthetic_query(rng: &mut ChaCha8Rng) -> String {
     if rng.random_bool(0.3) {
         parts.push(pick(rng, &QUERY_OCCASIONS));
     }
-    parts.join(" ")
+    let words: Vec<&str> = parts.iter().flat_map(|p| p.split(' ')).collect();
+    let mut query = String::new();
+    for (position, word) in words.iter().enumerate() {
+        if position > 0 {
+            query.push(' ');
+        }
+        let before_vowel = words
+            .get(position + 1)
+            .is_some_and(|next| next.starts_with(['a', 'e', 'i', 'o', 'u']));
+        query.push_str(if *word == "a" && before_vowel { "an" } else { word });
+    }
+    query
 }
 
 /// `n` request contexts in a realistic mix, the same for the same `(n, users, seed)`:
