@@ -1,1 +1,19 @@
 //! The latency/QPS suite: scenarios, measurement, reports, regression gating.
+//!
+//! - [`workload`]: the small trait the suite measures ([`workload::Workload`]).
+//! - [`suite`]: the measurements (cold query, single-query latency, batches, encoding,
+//!   cache, memory) over prepared [`suite::Traffic`].
+//! - [`result`], [`report`], [`plot`]: `result.json`, `report.md` and the SVG plots.
+//! - [`compare`]: `--compare BASELINE --max-regression PCT`.
+//! - [`gate`] and [`callgrind`]: the CI gate on instruction counts per stage.
+
+pub mod callgrind;
+pub mod compare;
+pub mod gate;
+pub mod machine;
+pub mod plot;
+pub mod report;
+pub mod result;
+pub mod stats;
+pub mod suite;
+pub mod workload;
