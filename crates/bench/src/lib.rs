@@ -14,6 +14,7 @@ pub mod machine;
 pub mod plot;
 pub mod report;
 pub mod result;
+pub mod scenario;
 pub mod stats;
 pub mod suite;
 pub mod workload;
