@@ -1,1 +1,296 @@
 //! Similarity stage: exact inner product over every item and top-K selection.
+//!
+//! For each query `q` of a batch, every item `j` of the catalog is scored
+//!
+//! ```text
+//! score[q, j] = fused[q] · item[j]  (+ item_prior[q, j] when the cache stage wrote a prior)
+//! ```
+//!
+//! and the `candidates` best items are kept, best first, ties broken by the smaller item
+//! index. Items the user has already rated are skipped when both the stage
+//! ([`SimilarityConfig::exclude_seen`]) and the request (`Request::exclude_seen`) ask for it.
+//! Unused slots (fewer eligible items than candidates) hold id `u32::MAX` and score
+//! `-inf`. NaN scores are never selected.
+//!
+//! Layouts are the GPU path's: item embeddings `[n_items, dim]`, fused queries `[n, dim]`,
+//! the prior `[n, n_items]` and the candidates `[n, candidates]`, all row-major `f32`/`u32`.
+//!
+//! The pure building blocks are public for the cache, the evaluation and the GPU tests:
+//! [`score_all`] (one query against every item), [`score_batch`] (a batch, row-major),
+//! [`top_k`] and the reusable [`TopK`] selector.
+
+mod kernel;
+mod topk;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+use hyperrec_catalog::{ItemEmbeddings, SharedUsers, UserTable};
+use hyperrec_stage::{Batch, Cpu, ItemIndex, Request, RequestNotes, Stage, StageError};
+
+pub use topk::{PAD_ID, PAD_SCORE, TopK, top_k};
+
+/// Largest number of candidates the stage keeps per query.
+pub const MAX_CANDIDATES: usize = 1000;
+
+/// Items scored together by one parallel task. A block of 256 items x 384 f32 is 384 KiB,
+/// which stays in a core's L2 while every query of the batch is scored against it.
+const ITEM_BLOCK: usize = 256;
+
+/// Why the similarity stage cannot be built or a scoring call cannot run.
+#[derive(Debug, Error, PartialEq)]
+pub enum SimilarityError {
+    #[error("candidates must be in 1..={MAX_CANDIDATES}, got {0}")]
+    InvalidCandidates(usize),
+    #[error("item embeddings are {items}-d but user profiles are {users}-d")]
+    DimensionMismatch { items: usize, users: usize },
+    #[error("expected {expected} values for {what}, got {found}")]
+    Shape {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+}
+
+/// Settings of the similarity stage.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimilarityConfig {
+    /// Candidates kept per query (1..=1000). The stage keeps at least the largest `k` of
+    /// the batch, so the rerank always has enough to choose from.
+    pub candidates: usize,
+    /// Skip items the user has already rated (a request can still opt out on its own).
+    pub exclude_seen: bool,
+}
+
+impl Default for SimilarityConfig {
+    fn default() -> Self {
+        SimilarityConfig {
+            candidates: 100,
+            exclude_seen: true,
+        }
+    }
+}
+
+/// The CPU similarity stage (`"similarity"`).
+///
+/// Reads `fused`, `item_prior` (added when it holds `n * n_items` values), `notes[i].user`
+/// and `requests[i].exclude_seen`; writes `candidates`, `candidate_ids`,
+/// `candidate_scores` and `notes[i].excluded` (the user's seen items when excluded).
+pub struct Similarity {
+    items: Arc<ItemEmbeddings>,
+    users: SharedUsers,
+    config: SimilarityConfig,
+    /// Scores of the batch in item-block-major tiles: block `b` holds `[n, width_b]`.
+    scores: Vec<f32>,
+    /// One selector per query of the largest batch seen.
+    selectors: Vec<TopK>,
+}
+
+impl Similarity {
+    /// A stage over `items`, excluding from `users`' seen sets.
+    pub fn new(
+        items: Arc<ItemEmbeddings>,
+        users: SharedUsers,
+        config: SimilarityConfig,
+    ) -> Result<Self, SimilarityError> {
+        if config.candidates == 0 || config.candidates > MAX_CANDIDATES {
+            return Err(SimilarityError::InvalidCandidates(config.candidates));
+        }
+        let users_dim = users.read().dim();
+        if users_dim != items.dim() {
+            return Err(SimilarityError::DimensionMismatch {
+                items: items.dim(),
+                users: users_dim,
+            });
+        }
+        Ok(Similarity {
+            items,
+            users,
+            config,
+            scores: Vec::new(),
+            selectors: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> SimilarityConfig {
+        self.config
+    }
+}
+
+/// Scores one query against every item: `out[j] = query · item[j]`, in parallel over item
+/// blocks. `query` must hold `items.dim()` values and `out` `items.len()`.
+pub fn score_all(
+    items: &ItemEmbeddings,
+    query: &[f32],
+    out: &mut [f32],
+) -> Result<(), SimilarityError> {
+    score_batch(items, query, out)
+}
+
+/// Scores a batch of queries (`[n, dim]`) against every item, writing row-major
+/// `out[q * n_items + j] = queries[q] · item[j]`. Parallel over item blocks, each block
+/// scored against every query while it is in cache.
+pub fn score_batch(
+    items: &ItemEmbeddings,
+    queries: &[f32],
+    out: &mut [f32],
+) -> Result<(), SimilarityError> {
+    let dim = items.dim();
+    let n_items = items.len();
+    if queries.len() % dim != 0 {
+        return Err(SimilarityError::Shape {
+            what: "queries",
+            expected: dim * queries.len().div_ceil(dim),
+            found: queries.len(),
+        });
+    }
+    let n = queries.len() / dim;
+    if out.len() != n * n_items {
+        return Err(SimilarityError::Shape {
+            what: "scores",
+            expected: n * n_items,
+            found: out.len(),
+        });
+    }
+    if n == 0 || n_items == 0 {
+        return Ok(());
+    }
+    if n == 1 {
+        out.par_chunks_mut(ITEM_BLOCK)
+            .zip(items.as_slice().par_chunks(ITEM_BLOCK * dim))
+            .for_each(|(out_block, item_block)| {
+                kernel::dot_block(queries, item_block, dim, out_block, out_block.len());
+            });
+        return Ok(());
+    }
+    // Rows of several queries cannot be split into disjoint per-block slices safely, so
+    // score into tiles and scatter; the tile pass is cheap next to the products.
+    let mut tiles = vec![0.0f32; n * n_items];
+    score_tiles(items, queries, n, None, &mut tiles);
+    for (block, tile) in tiles.chunks(ITEM_BLOCK * n).enumerate() {
+        let width = tile.len() / n;
+        for (q, row) in tile.chunks_exact(width).enumerate() {
+            let start = q * n_items + block * ITEM_BLOCK;
+            out[start..start + width].copy_from_slice(row);
+        }
+    }
+    Ok(())
+}
+
+/// Scores `n` queries into item-block-major tiles: tile `b` (offset `b * ITEM_BLOCK * n`)
+/// holds `[n, width_b]` where `width_b` is the block's item count. Adds `prior` (row-major
+/// `[n, n_items]`) when given.
+fn score_tiles(
+    items: &ItemEmbeddings,
+    queries: &[f32],
+    n: usize,
+    prior: Option<&[f32]>,
+    tiles: &mut [f32],
+) {
+    let dim = items.dim();
+    let n_items = items.len();
+    tiles
+        .par_chunks_mut(ITEM_BLOCK * n)
+        .zip(items.as_slice().par_chunks(ITEM_BLOCK * dim))
+        .enumerate()
+        .for_each(|(block, (tile, item_block))| {
+            let width = item_block.len() / dim;
+            kernel::dot_block(queries, item_block, dim, tile, width);
+            if let Some(prior) = prior {
+                let first = block * ITEM_BLOCK;
+                for (q, row) in tile.chunks_exact_mut(width).enumerate() {
+                    let start = q * n_items + first;
+                    for (score, p) in row.iter_mut().zip(&prior[start..start + width]) {
+                        *score += p;
+                    }
+                }
+            }
+        });
+}
+
+impl Stage<Cpu> for Similarity {
+    fn name(&self) -> &'static str {
+        "similarity"
+    }
+
+    fn run(&mut self, _device: &Cpu, batch: &mut Batch<Cpu>) -> Result<(), StageError> {
+        let n = batch.len();
+        let dim = self.items.dim();
+        let n_items = self.items.len();
+        if batch.dim != dim || batch.fused.len() != n * dim {
+            return Err(StageError::BatchShape {
+                stage: "similarity",
+                expected: format!("fused [{n}, {dim}]"),
+                found: format!("{} values of width {}", batch.fused.len(), batch.dim),
+            });
+        }
+        let candidates = self
+            .config
+            .candidates
+            .max(batch.results)
+            .min(MAX_CANDIDATES);
+        batch.candidates = candidates;
+        batch.candidate_ids.resize(n * candidates, PAD_ID);
+        batch.candidate_scores.resize(n * candidates, PAD_SCORE);
+        if n == 0 {
+            return Ok(());
+        }
+
+        self.scores.resize(n * n_items, 0.0);
+        let prior = (batch.item_prior.len() == n * n_items).then_some(batch.item_prior.as_slice());
+        score_tiles(&self.items, &batch.fused, n, prior, &mut self.scores);
+
+        if self.selectors.len() < n {
+            self.selectors.resize_with(n, TopK::new);
+        }
+        let users = self.users.read();
+        let exclude_seen = self.config.exclude_seen;
+        let exclude_for =
+            |q: usize| excluded_items(&users, exclude_seen, &batch.requests[q], &batch.notes[q]);
+        let tiles = &self.scores;
+        batch
+            .candidate_ids
+            .par_chunks_mut(candidates)
+            .zip(batch.candidate_scores.par_chunks_mut(candidates))
+            .zip(self.selectors[..n].par_iter_mut())
+            .enumerate()
+            .for_each(|(q, ((ids, scores), selector))| {
+                let excluded = exclude_for(q);
+                selector.begin(candidates.min(n_items));
+                for (block, tile) in tiles.chunks(ITEM_BLOCK * n).enumerate() {
+                    let width = tile.len() / n;
+                    let row = &tile[q * width..(q + 1) * width];
+                    selector.offer(row, (block * ITEM_BLOCK) as ItemIndex, excluded);
+                }
+                selector.finish_into(ids, scores);
+            });
+        for q in 0..n {
+            let excluded =
+                excluded_items(&users, exclude_seen, &batch.requests[q], &batch.notes[q]);
+            let notes = &mut batch.notes[q];
+            notes.excluded.clear();
+            notes.excluded.extend_from_slice(excluded);
+        }
+        Ok(())
+    }
+}
+
+/// The user's seen items when both the stage and the request ask for exclusion.
+fn excluded_items<'u>(
+    users: &'u UserTable,
+    exclude_seen: bool,
+    request: &Request,
+    notes: &RequestNotes,
+) -> &'u [ItemIndex] {
+    match notes.user {
+        Some(user) if exclude_seen && request.exclude_seen && (user as usize) < users.len() => {
+            users.seen(user)
+        }
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests;
