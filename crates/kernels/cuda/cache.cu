@@ -1,0 +1,3 @@
+// Temporal cache kernels: written next.
+#include <cuda_fp16.h>
+extern "C" __global__ void cache_gather() {}

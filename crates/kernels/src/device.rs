@@ -1,0 +1,530 @@
+//! The CUDA device: one context, one stream, the kernel modules and (when the library is
+//! present) a cuBLAS handle. Implements [`hyperrec_stage::Device`].
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cudarc::cublas::sys as blas_sys;
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, result, sys};
+use cudarc::nvrtc::Ptx;
+
+use hyperrec_stage::{Device, DeviceError, DeviceKind, Element};
+
+use crate::CudaError;
+use crate::ptx::MODULES;
+
+/// An owned device allocation of `len` elements of `T` (capacity may be larger).
+///
+/// A raw allocation rather than a `cudarc::CudaSlice`: stages pass its address to kernels
+/// and CUDA graphs, so it must not carry per-use event bookkeeping.
+pub struct CudaBuffer<T: Element> {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    capacity: usize,
+    ctx: Arc<CudaContext>,
+    _element: PhantomData<T>,
+}
+
+impl<T: Element> CudaBuffer<T> {
+    /// Device address of the first element (0 for an empty, never allocated buffer).
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Device address of element `at`.
+    pub fn ptr_at(&self, at: usize) -> u64 {
+        self.ptr + (at * size_of::<T>()) as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes allocated on the device (capacity, not length).
+    pub fn allocated_bytes(&self) -> usize {
+        self.capacity * size_of::<T>()
+    }
+}
+
+impl<T: Element> Drop for CudaBuffer<T> {
+    fn drop(&mut self) {
+        if self.capacity > 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from cuMemAlloc in this context and is freed once. cuMemFree
+            // waits for work using it to finish.
+            unsafe {
+                let _ = result::free_sync(self.ptr);
+            }
+        }
+    }
+}
+
+impl<T: Element> std::fmt::Debug for CudaBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBuffer<{}>[{}]", std::any::type_name::<T>(), self.len)
+    }
+}
+
+/// A point on the stream's timeline (a CUDA event with timing enabled).
+pub struct CudaMark(CudaEvent);
+
+/// Every kernel the stages launch, loaded once from the committed PTX.
+pub(crate) struct Kernels {
+    _modules: Vec<Arc<CudaModule>>,
+    pub fuse_queries: CudaFunction,
+    pub f32_to_f16: CudaFunction,
+    pub random_unit_rows: CudaFunction,
+    pub item_scores_small: CudaFunction,
+    pub topk_rows: CudaFunction,
+    pub rerank_attend: CudaFunction,
+    pub rerank_select: CudaFunction,
+    pub cache_gather: CudaFunction,
+}
+
+/// Dynamic shared memory the top-K kernel may use (the H100's per-block maximum).
+pub(crate) const TOPK_MAX_SHARED_BYTES: usize = 227 * 1024;
+/// Dynamic shared memory the rerank kernel may use.
+pub(crate) const RERANK_MAX_SHARED_BYTES: usize = 200 * 1024;
+
+impl Kernels {
+    fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
+        let mut modules = Vec::new();
+        for module in MODULES {
+            let loaded = ctx
+                .load_module(Ptx::from_src(module.ptx))
+                .map_err(|e| CudaError::Module {
+                    module: module.name,
+                    message: e.to_string(),
+                })?;
+            modules.push((module.name, loaded));
+        }
+        let function = |module: &'static str, name: &'static str| {
+            let (_, loaded) = modules
+                .iter()
+                .find(|(m, _)| *m == module)
+                .ok_or(CudaError::Module {
+                    module,
+                    message: "not embedded".into(),
+                })?;
+            loaded.load_function(name).map_err(|e| CudaError::Module {
+                module,
+                message: format!("{name}: {e}"),
+            })
+        };
+        let kernels = Kernels {
+            fuse_queries: function("fusion", "fuse_queries")?,
+            f32_to_f16: function("fusion", "f32_to_f16")?,
+            random_unit_rows: function("fusion", "random_unit_rows")?,
+            item_scores_small: function("scores", "item_scores_small")?,
+            topk_rows: function("topk", "topk_rows")?,
+            rerank_attend: function("rerank", "rerank_attend")?,
+            rerank_select: function("rerank", "rerank_select")?,
+            cache_gather: function("cache", "cache_gather")?,
+            _modules: modules.into_iter().map(|(_, m)| m).collect(),
+        };
+        for (kernel, bytes) in [
+            (&kernels.topk_rows, TOPK_MAX_SHARED_BYTES),
+            (&kernels.rerank_attend, RERANK_MAX_SHARED_BYTES),
+        ] {
+            kernel
+                .set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(CudaError::from)?;
+        }
+        Ok(kernels)
+    }
+}
+
+/// A cuBLAS handle bound to the device's stream, with a fixed workspace so GEMMs can be
+/// captured into CUDA graphs (cuBLAS may not allocate during capture).
+pub(crate) struct Blas {
+    handle: blas_sys::cublasHandle_t,
+    _workspace: CudaBuffer<u8>,
+}
+
+// SAFETY: the handle is only used through `&Cuda` on the device's one stream; cuBLAS handles
+// may be used from any thread as long as calls are not concurrent, which the stages'
+// `&mut self` runs guarantee for a pipeline.
+unsafe impl Send for Blas {}
+// SAFETY: as above.
+unsafe impl Sync for Blas {}
+
+impl Blas {
+    pub(crate) fn handle(&self) -> blas_sys::cublasHandle_t {
+        self.handle
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate, destroyed once.
+        unsafe {
+            let _ = cudarc::cublas::result::destroy_handle(self.handle);
+        }
+    }
+}
+
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A CUDA GPU: the [`Device`] GPU stages run on.
+///
+/// Work is enqueued on one stream; nothing synchronizes the host except
+/// [`Device::download`] and [`Device::synchronize`].
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    pub(crate) kernels: Kernels,
+    pub(crate) blas: Option<Blas>,
+    ordinal: usize,
+    name: String,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cuda({}: {})", self.ordinal, self.name)
+    }
+}
+
+impl Cuda {
+    /// Whether a CUDA driver and at least one GPU are present. Never panics.
+    pub fn is_available() -> bool {
+        Cuda::device_count().is_ok_and(|count| count > 0)
+    }
+
+    /// Number of CUDA devices, or why there are none usable.
+    pub fn device_count() -> Result<usize, CudaError> {
+        // SAFETY: only probes for the shared library; cudarc panics on a missing driver
+        // library, so nothing else may be called before this succeeds.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(CudaError::NoDriver);
+        }
+        let count = CudaContext::device_count().map_err(CudaError::from)?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// Opens device `ordinal`: context, stream, kernels (from the committed PTX) and cuBLAS
+    /// when its library is found (the similarity stage falls back to its own kernel
+    /// otherwise). Fails cleanly without a driver or GPU.
+    pub fn new(ordinal: usize) -> Result<Cuda, CudaError> {
+        let count = Cuda::device_count()?;
+        if ordinal >= count {
+            return Err(CudaError::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(CudaError::from)?;
+        let stream = ctx.new_stream().map_err(CudaError::from)?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let kernels = Kernels::load(&ctx)?;
+        let mut cuda = Cuda {
+            ctx,
+            stream,
+            kernels,
+            blas: None,
+            ordinal,
+            name,
+        };
+        cuda.blas = cuda.open_blas()?;
+        Ok(cuda)
+    }
+
+    fn open_blas(&self) -> Result<Option<Blas>, CudaError> {
+        // SAFETY: probe only (see `device_count`).
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Ok(None);
+        }
+        self.bind()?;
+        let workspace = self.alloc::<u8>(BLAS_WORKSPACE_BYTES)?;
+        let handle = cudarc::cublas::result::create_handle().map_err(CudaError::blas)?;
+        let blas = Blas {
+            handle,
+            _workspace: workspace,
+        };
+        // SAFETY: valid handle, stream and workspace of this context.
+        unsafe {
+            cudarc::cublas::result::set_stream(blas.handle, self.stream.cu_stream() as _)
+                .map_err(CudaError::blas)?;
+            blas_sys::cublasSetWorkspace_v2(
+                blas.handle,
+                blas._workspace.device_ptr() as *mut c_void,
+                BLAS_WORKSPACE_BYTES,
+            )
+            .result()
+            .map_err(CudaError::blas)?;
+        }
+        Ok(Some(blas))
+    }
+
+    /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Whether similarity runs on cuBLAS (otherwise on the crate's own kernel).
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.mem_get_info().map_err(CudaError::from)
+    }
+
+    pub(crate) fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(CudaError::from)
+    }
+
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// An uninitialized buffer of `len` elements.
+    pub(crate) fn alloc<T: Element>(&self, len: usize) -> Result<CudaBuffer<T>, CudaError> {
+        let bytes = len * size_of::<T>();
+        let ptr = if bytes == 0 {
+            0
+        } else {
+            self.bind()?;
+            // SAFETY: plain device allocation in the bound context.
+            unsafe { result::malloc_sync(bytes) }.map_err(|e| match e.0 {
+                sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => CudaError::OutOfMemory { bytes },
+                _ => CudaError::from(e),
+            })?
+        };
+        Ok(CudaBuffer {
+            ptr,
+            len,
+            capacity: len,
+            ctx: self.ctx.clone(),
+            _element: PhantomData,
+        })
+    }
+
+    /// Enqueues `buffer[..] = 0`.
+    pub(crate) fn memset_zero<T: Element>(&self, buffer: &mut CudaBuffer<T>) -> Result<(), CudaError> {
+        if buffer.len == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the range lies inside the allocation.
+        unsafe { result::memset_d8_async(buffer.ptr, 0, buffer.len * size_of::<T>(), self.cu_stream()) }
+            .map_err(CudaError::from)
+    }
+
+    /// Enqueues a copy of `host` to `buffer[at..at + host.len()]`.
+    pub(crate) fn upload_at<T: Element>(
+        &self,
+        host: &[T],
+        buffer: &mut CudaBuffer<T>,
+        at: usize,
+    ) -> Result<(), CudaError> {
+        if at + host.len() > buffer.len {
+            return Err(CudaError::OutOfBounds {
+                end: at + host.len(),
+                len: buffer.len,
+            });
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: bounds checked above; pageable host memory is staged by the driver before
+        // the call returns, so `host` may be dropped afterwards.
+        unsafe { result::memcpy_htod_async(buffer.ptr_at(at), host, self.cu_stream()) }
+            .map_err(CudaError::from)
+    }
+
+    /// Enqueues `dst[..len] = src[..len]` (device to device).
+    pub(crate) fn copy<T: Element>(
+        &self,
+        src: &CudaBuffer<T>,
+        dst: &mut CudaBuffer<T>,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        if len > src.len || len > dst.len {
+            return Err(CudaError::OutOfBounds {
+                end: len,
+                len: src.len.min(dst.len),
+            });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: both ranges lie inside their allocations.
+        unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, len * size_of::<T>(), self.cu_stream()) }
+            .map_err(CudaError::from)
+    }
+
+    /// Makes `buffer` hold `len` elements, reallocating (contents lost) only when it must.
+    pub(crate) fn ensure_len<T: Element>(
+        &self,
+        buffer: &mut CudaBuffer<T>,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        if len > buffer.capacity {
+            *buffer = self.alloc(len)?;
+        }
+        buffer.len = len;
+        Ok(())
+    }
+
+    /// Grows `buffer` to at least `len` elements keeping its contents; capacity doubles so
+    /// repeated growth is amortized.
+    pub(crate) fn grow_keep<T: Element>(
+        &self,
+        buffer: &mut CudaBuffer<T>,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        if len <= buffer.capacity {
+            buffer.len = buffer.len.max(len);
+            return Ok(());
+        }
+        let capacity = len.max(buffer.capacity * 2);
+        let mut grown = self.alloc::<T>(capacity)?;
+        let keep = buffer.len;
+        grown.len = keep;
+        self.copy(buffer, &mut grown, keep)?;
+        grown.len = len;
+        *buffer = grown;
+        Ok(())
+    }
+
+    /// Launches `function` on the device's stream.
+    ///
+    /// # Safety
+    /// `params` must point at values whose types and order match the kernel's parameters,
+    /// and every device address among them must be valid for what the kernel accesses.
+    pub(crate) unsafe fn launch(
+        &self,
+        function: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            result::launch_kernel(
+                function.cu_function(),
+                grid,
+                block,
+                shared_bytes,
+                self.cu_stream(),
+                params,
+            )
+        }
+        .map_err(CudaError::from)
+    }
+
+    /// Fills `out` (`[rows, dim]` fp16) with pseudo-random unit rows derived from `seed`,
+    /// on the device. Used by benchmarks to build large user tables quickly.
+    pub fn fill_random_unit_rows(
+        &self,
+        out: &mut CudaBuffer<u16>,
+        rows: usize,
+        dim: usize,
+        seed: u64,
+    ) -> Result<(), CudaError> {
+        if rows * dim > out.len() {
+            return Err(CudaError::OutOfBounds {
+                end: rows * dim,
+                len: out.len(),
+            });
+        }
+        let (ptr, rows_u, dim_u) = (out.device_ptr(), rows as u64, dim as u32);
+        let mut params = [arg(&ptr), arg(&rows_u), arg(&dim_u), arg(&seed)];
+        // SAFETY: `out` holds rows * dim halves.
+        unsafe {
+            self.launch(
+                &self.kernels.random_unit_rows,
+                (((rows + 7) / 8).clamp(1, 65535 * 64) as u32, 1, 1),
+                (256, 1, 1),
+                0,
+                &mut params,
+            )
+        }
+    }
+}
+
+/// A kernel parameter: the address of a host value the launch copies.
+pub(crate) fn arg<T>(value: &T) -> *mut c_void {
+    value as *const T as *mut c_void
+}
+
+impl Device for Cuda {
+    type Buffer<T: Element> = CudaBuffer<T>;
+    type Mark = CudaMark;
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda {
+            ordinal: self.ordinal,
+        }
+    }
+
+    fn zeros<T: Element>(&self, len: usize) -> Result<CudaBuffer<T>, DeviceError> {
+        let mut buffer = self.alloc(len)?;
+        self.memset_zero(&mut buffer)?;
+        Ok(buffer)
+    }
+
+    fn len<T: Element>(&self, buffer: &CudaBuffer<T>) -> usize {
+        buffer.len
+    }
+
+    fn resize<T: Element>(&self, buffer: &mut CudaBuffer<T>, len: usize) -> Result<(), DeviceError> {
+        Ok(self.ensure_len(buffer, len)?)
+    }
+
+    fn upload<T: Element>(&self, host: &[T], buffer: &mut CudaBuffer<T>) -> Result<(), DeviceError> {
+        if host.len() != buffer.len {
+            return Err(DeviceError::SizeMismatch {
+                len: host.len(),
+                capacity: buffer.len,
+            });
+        }
+        Ok(self.upload_at(host, buffer, 0)?)
+    }
+
+    fn download<T: Element>(&self, buffer: &CudaBuffer<T>, host: &mut Vec<T>) -> Result<(), DeviceError> {
+        host.clear();
+        host.resize(buffer.len, T::default());
+        if buffer.len > 0 {
+            self.bind()?;
+            // SAFETY: `host` holds exactly `len` elements; the stream is synchronized before
+            // `host` is read.
+            unsafe { result::memcpy_dtoh_async(host.as_mut_slice(), buffer.ptr, self.cu_stream()) }
+                .map_err(CudaError::from)?;
+        }
+        self.synchronize()
+    }
+
+    fn mark(&self) -> Result<CudaMark, DeviceError> {
+        let event = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(CudaError::from)?;
+        event.record(&self.stream).map_err(CudaError::from)?;
+        Ok(CudaMark(event))
+    }
+
+    fn elapsed(&self, start: &CudaMark, end: &CudaMark) -> Result<Duration, DeviceError> {
+        let ms = start.0.elapsed_ms(&end.0).map_err(CudaError::from)?;
+        Ok(Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3))
+    }
+
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        self.stream.synchronize().map_err(CudaError::from)?;
+        Ok(())
+    }
+}

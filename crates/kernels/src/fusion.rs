@@ -1,0 +1,168 @@
+//! The fusion stage on the GPU.
+
+use hyperrec_catalog::SharedUsers;
+use hyperrec_stage::{Batch, Event, Stage, StageError, UserIndex};
+
+use crate::device::{Cuda, CudaBuffer, arg};
+use crate::{CudaError, SharedTables};
+
+/// GPU twin of `hyperrec_fusion::Fusion` (`"fusion"`): the same formula, notes and
+/// cold-start rule, reading profiles from the device tables.
+///
+/// `u = normalize(sum of the profiles of the requester and found companions)`,
+/// `fused = normalize(alpha * q + (1 - alpha) * u)`; a request with nobody who has a profile
+/// (or whose profiles cancel out) is a cold start with `fused = q`.
+///
+/// Reads `query_embeddings`, `requests`; writes `fused` and `notes[i].{user, companions,
+/// cold_start}`. The host resolves who is in each request (hash lookups); one kernel does
+/// the arithmetic.
+pub struct CudaFusion {
+    users: SharedUsers,
+    tables: SharedTables,
+    alpha: f32,
+    member_offsets_host: Vec<u32>,
+    members_host: Vec<u32>,
+    member_offsets: CudaBuffer<u32>,
+    members: CudaBuffer<u32>,
+}
+
+impl CudaFusion {
+    /// Fails unless `alpha` is in `[0, 1]`.
+    pub fn new(cuda: &Cuda, users: SharedUsers, tables: SharedTables, alpha: f32) -> Result<Self, CudaError> {
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(CudaError::Unsupported(format!("alpha must be in [0, 1], got {alpha}")));
+        }
+        Ok(CudaFusion {
+            users,
+            tables,
+            alpha,
+            member_offsets_host: Vec::new(),
+            members_host: Vec::new(),
+            member_offsets: cuda.alloc(0)?,
+            members: cuda.alloc(0)?,
+        })
+    }
+
+    /// Resolves the batch's members on the host and stages them for the kernel; returns
+    /// nothing on the device yet. Split from `run` so a captured graph can replay the
+    /// kernel after only this host step.
+    pub(crate) fn prepare(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        let users = self.users.read();
+        let dim = users.dim();
+        self.member_offsets_host.clear();
+        self.members_host.clear();
+        self.member_offsets_host.push(0);
+        let mut aggregate = vec![0.0f32; dim];
+        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
+            notes.user = users.index_of(request.user);
+            notes.companions.clear();
+            for companion in &request.context.companions {
+                if let Some(row) = users.index_of(*companion)
+                    && Some(row) != notes.user
+                    && !notes.companions.contains(&row)
+                {
+                    notes.companions.push(row);
+                }
+            }
+            let first = self.members_host.len();
+            let members = notes.user.into_iter().chain(notes.companions.iter().copied());
+            for member in members {
+                if users.embedding(member).is_some() {
+                    self.members_host.push(member);
+                }
+            }
+            let with_profile = &self.members_host[first..];
+            notes.cold_start = match with_profile {
+                [] => true,
+                // A profile is unit length: one member never cancels out.
+                [_] => false,
+                group => !aggregate_survives(&users, group, &mut aggregate),
+            };
+            self.member_offsets_host.push(self.members_host.len() as u32);
+        }
+        drop(users);
+        cuda.ensure_len(&mut self.member_offsets, self.member_offsets_host.len())?;
+        cuda.upload_at(&self.member_offsets_host, &mut self.member_offsets, 0)?;
+        cuda.ensure_len(&mut self.members, self.members_host.len().max(1))?;
+        cuda.upload_at(&self.members_host, &mut self.members, 0)?;
+        Ok(())
+    }
+
+    /// Enqueues the fusion kernel for a prepared batch.
+    pub(crate) fn enqueue(&self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        let n = batch.len();
+        let dim = batch.dim;
+        if n == 0 {
+            return Ok(());
+        }
+        let tables = self.tables.lock();
+        if tables.dim() != dim || batch.query_embeddings.len() != n * dim {
+            return Err(StageError::BatchShape {
+                stage: "fusion",
+                expected: format!("query_embeddings [{n}, {}]", tables.dim()),
+                found: format!("{} values of width {dim}", batch.query_embeddings.len()),
+            });
+        }
+        cuda.ensure_len(&mut batch.fused, n * dim)?;
+        let (queries, users, offsets, members) = (
+            batch.query_embeddings.device_ptr(),
+            tables.users().device_ptr(),
+            self.member_offsets.device_ptr(),
+            self.members.device_ptr(),
+        );
+        let (alpha, dim_u, fused, no_half) = (self.alpha, dim as u32, batch.fused.device_ptr(), 0u64);
+        let mut params = [
+            arg(&queries),
+            arg(&users),
+            arg(&offsets),
+            arg(&members),
+            arg(&alpha),
+            arg(&dim_u),
+            arg(&fused),
+            arg(&no_half),
+        ];
+        // SAFETY: parameter list matches `fuse_queries`; every member row is < n_users.
+        unsafe {
+            cuda.launch(
+                &cuda.kernels.fuse_queries,
+                (n as u32, 1, 1),
+                (128, 1, 1),
+                (dim * 4) as u32,
+                &mut params,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the normalized sum of the group's profiles exists (the sum does not vanish).
+fn aggregate_survives(users: &hyperrec_catalog::UserTable, group: &[UserIndex], sum: &mut [f32]) -> bool {
+    sum.fill(0.0);
+    for &member in group {
+        if let Some(profile) = users.embedding(member) {
+            for (s, p) in sum.iter_mut().zip(profile) {
+                *s += p;
+            }
+        }
+    }
+    sum.iter().map(|x| x * x).sum::<f32>().sqrt() > 1e-6
+}
+
+impl Stage<Cuda> for CudaFusion {
+    fn name(&self) -> &'static str {
+        "fusion"
+    }
+
+    fn run(&mut self, device: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        self.prepare(device, batch)?;
+        self.enqueue(device, batch)
+    }
+
+    fn observe(&mut self, device: &Cuda, event: &Event) -> Result<(), StageError> {
+        let users = self.users.read();
+        if let Some(user) = users.index_of(event.user) {
+            self.tables.lock().sync_user(device, &users, user)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! The similarity stage on the GPU: scores of every item (cuBLAS fp16 GEMM with fp32
+//! accumulation, or the crate's own kernel for tiny batches), then the crate's top-K
+//! selection kernel.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::sys as blas_sys;
+
+use hyperrec_catalog::SharedUsers;
+use hyperrec_stage::{Batch, Event, Stage, StageError};
+
+use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
+use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
+
+/// Largest number of candidates the top-K kernel selects per query.
+pub const MAX_CANDIDATES: usize = 1024;
+
+/// Batches up to this size score with `item_scores_small` (one pass over the item table
+/// for up to this many queries), larger ones with the GEMM.
+const SMALL_BATCH: usize = 8;
+
+/// Dynamic shared memory of `topk_rows` for a catalog of `n_items`: 8 KiB of survivors,
+/// histogram and scratch, then the row's 16-bit keys.
+pub fn topk_shared_bytes(n_items: usize) -> usize {
+    MAX_CANDIDATES * 8 + 256 * 4 + 32 * 4 + 16 * 4 + n_items.div_ceil(8) * 16
+}
+
+/// Leading dimension of a score matrix: rows start 16-byte aligned for vector loads.
+pub(crate) fn score_ld(n_items: usize) -> usize {
+    n_items.div_ceil(8) * 8
+}
+
+/// Scores of `n` queries against every item into `scores` (`[n, score_ld(n_items)]`
+/// fp16), from fp32 queries. `queries_half` is scratch for the GEMM's fp16 operand.
+pub(crate) fn enqueue_scores(
+    cuda: &Cuda,
+    items: &CudaBuffer<u16>,
+    n_items: usize,
+    dim: usize,
+    queries: &CudaBuffer<f32>,
+    n: usize,
+    queries_half: &mut CudaBuffer<u16>,
+    scores: &mut CudaBuffer<u16>,
+) -> Result<(), CudaError> {
+    let ld = score_ld(n_items);
+    cuda.ensure_len(scores, n * ld)?;
+    if n == 0 {
+        return Ok(());
+    }
+    match &cuda.blas {
+        Some(blas) if n > SMALL_BATCH => {
+            cuda.ensure_len(queries_half, n * dim)?;
+            let (src, dst, len) = (queries.device_ptr(), queries_half.device_ptr(), (n * dim) as u64);
+            let mut params = [arg(&src), arg(&dst), arg(&len)];
+            // SAFETY: both buffers hold n * dim elements.
+            unsafe {
+                cuda.launch(
+                    &cuda.kernels.f32_to_f16,
+                    ((n * dim).div_ceil(256).min(4096) as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    &mut params,
+                )?;
+            }
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            // Row-major scores [n, ld] are column-major [ld, n] = items^T (dim x n_items,
+            // column-major [dim, n_items] read transposed) times queries ([dim, n]).
+            // SAFETY: shapes and leading dimensions match the allocations above.
+            unsafe {
+                cuda.bind()?;
+                blas_sys::cublasGemmEx(
+                    blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    n_items as i32,
+                    n as i32,
+                    dim as i32,
+                    &alpha as *const f32 as *const c_void,
+                    items.device_ptr() as *const c_void,
+                    blas_sys::cudaDataType::CUDA_R_16F,
+                    dim as i32,
+                    queries_half.device_ptr() as *const c_void,
+                    blas_sys::cudaDataType::CUDA_R_16F,
+                    dim as i32,
+                    &beta as *const f32 as *const c_void,
+                    scores.device_ptr() as *mut c_void,
+                    blas_sys::cudaDataType::CUDA_R_16F,
+                    ld as i32,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .result()
+                .map_err(CudaError::blas)?;
+            }
+            Ok(())
+        }
+        _ => {
+            if dim % 128 != 0 || dim > 1024 {
+                return Err(CudaError::Unsupported(format!(
+                    "the small-batch scoring kernel needs a width that is a multiple of 128 up to 1024, got {dim}"
+                )));
+            }
+            let blocks = (cuda_sm_blocks(n_items)) as u32;
+            for first in (0..n).step_by(SMALL_BATCH) {
+                let count = (n - first).min(SMALL_BATCH);
+                let (items_ptr, n_items_u, q_ptr, count_u, dim_u) = (
+                    items.device_ptr(),
+                    n_items as u32,
+                    queries.ptr_at(first * dim),
+                    count as u32,
+                    dim as u32,
+                );
+                let (out, ld_u) = (scores.ptr_at(first * ld), ld as u32);
+                let mut params = [
+                    arg(&items_ptr),
+                    arg(&n_items_u),
+                    arg(&q_ptr),
+                    arg(&count_u),
+                    arg(&dim_u),
+                    arg(&out),
+                    arg(&ld_u),
+                ];
+                // SAFETY: `count` query rows from `first` exist; scores hold n rows of ld.
+                unsafe {
+                    cuda.launch(
+                        &cuda.kernels.item_scores_small,
+                        (blocks, 1, 1),
+                        (256, 1, 1),
+                        (count * dim * 4) as u32,
+                        &mut params,
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Blocks of 8 warps for a pass over `n_items` rows: enough to fill the GPU several times.
+fn cuda_sm_blocks(n_items: usize) -> usize {
+    n_items.div_ceil(8 * 4).clamp(1, 132 * 8)
+}
+
+/// Where seen items come from for exclusion in [`enqueue_top_k`].
+pub(crate) struct Exclusion<'a> {
+    /// `[n]` user row per query whose seen set is excluded, or [`NO_ITEM`] for none.
+    pub users: &'a CudaBuffer<u32>,
+    pub tables: &'a DeviceTables,
+}
+
+/// Top-`k` per row of `scores` (`[n, score_ld(n_items)]` fp16) plus `prior` (`[n, n_items]`
+/// fp32, optional), seen items excluded: ids and scores `[n, k]`, best first, ties by the
+/// smaller index, padded with [`NO_ITEM`] / `-inf`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn enqueue_top_k(
+    cuda: &Cuda,
+    scores: &CudaBuffer<u16>,
+    n_items: usize,
+    n: usize,
+    k: usize,
+    prior: Option<&CudaBuffer<f32>>,
+    exclusion: Option<Exclusion<'_>>,
+    out_ids: &mut CudaBuffer<u32>,
+    out_scores: &mut CudaBuffer<f32>,
+) -> Result<(), CudaError> {
+    if k == 0 || k > MAX_CANDIDATES {
+        return Err(CudaError::Unsupported(format!("top-k needs 1 <= k <= {MAX_CANDIDATES}, got {k}")));
+    }
+    let shared = topk_shared_bytes(n_items);
+    if shared > TOPK_MAX_SHARED_BYTES {
+        return Err(CudaError::Unsupported(format!(
+            "the top-K kernel keeps a score row in shared memory: {n_items} items need {shared} bytes, the limit is {TOPK_MAX_SHARED_BYTES}"
+        )));
+    }
+    let ld = score_ld(n_items);
+    if scores.len() < n * ld {
+        return Err(CudaError::OutOfBounds { end: n * ld, len: scores.len() });
+    }
+    cuda.ensure_len(out_ids, n * k)?;
+    cuda.ensure_len(out_scores, n * k)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (seen_offsets, seen_lens, seen_items, exclude) = match &exclusion {
+        Some(e) => {
+            let (offsets, lens, items) = e.tables.seen();
+            (offsets.device_ptr(), lens.device_ptr(), items.device_ptr(), e.users.device_ptr())
+        }
+        None => (0, 0, 0, 0),
+    };
+    let (scores_ptr, ld_u, n_items_u) = (scores.device_ptr(), ld as u32, n_items as u32);
+    let prior_ptr = prior.map_or(0, |p| p.device_ptr());
+    let (k_u, ids, out) = (k as u32, out_ids.device_ptr(), out_scores.device_ptr());
+    let mut params = [
+        arg(&scores_ptr),
+        arg(&ld_u),
+        arg(&n_items_u),
+        arg(&prior_ptr),
+        arg(&exclude),
+        arg(&seen_offsets),
+        arg(&seen_lens),
+        arg(&seen_items),
+        arg(&k_u),
+        arg(&ids),
+        arg(&out),
+    ];
+    // SAFETY: parameters match `topk_rows`; buffers are sized above; the exclusion users
+    // are rows of `tables` (the host writes only known rows or NO_ITEM).
+    unsafe {
+        cuda.launch(
+            &cuda.kernels.topk_rows,
+            (n as u32, 1, 1),
+            (1024, 1, 1),
+            shared as u32,
+            &mut params,
+        )
+    }
+}
+
+/// Top-K selection over score matrices already on the device, for callers outside the
+/// stages (benchmarks, "items similar to X").
+pub struct TopK {
+    ids: CudaBuffer<u32>,
+    scores: CudaBuffer<f32>,
+}
+
+impl TopK {
+    pub fn new(cuda: &Cuda) -> Result<TopK, CudaError> {
+        Ok(TopK {
+            ids: cuda.alloc(0)?,
+            scores: cuda.alloc(0)?,
+        })
+    }
+
+    /// Enqueues the selection of the `k` best of each of the `n` rows of `scores`
+    /// (`[n, n_items.div_ceil(8) * 8]` fp16, no exclusion); results in [`TopK::ids`] and
+    /// [`TopK::scores`] (`[n, k]`).
+    pub fn enqueue(
+        &mut self,
+        cuda: &Cuda,
+        scores: &CudaBuffer<u16>,
+        n_items: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), CudaError> {
+        enqueue_top_k(cuda, scores, n_items, n, k, None, None, &mut self.ids, &mut self.scores)
+    }
+
+    pub fn ids(&self) -> &CudaBuffer<u32> {
+        &self.ids
+    }
+
+    pub fn scores(&self) -> &CudaBuffer<f32> {
+        &self.scores
+    }
+}
+
+/// Settings of [`CudaSimilarity`], as `hyperrec_similarity::SimilarityConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimilarityParams {
+    /// Candidates kept per query (1..=1024); the batch's largest `k` raises it.
+    pub candidates: usize,
+    /// Exclude the items each user has seen (when the request also asks for it).
+    pub exclude_seen: bool,
+}
+
+/// GPU twin of `hyperrec_similarity::Similarity` (`"similarity"`).
+///
+/// `score[q, j] = fused[q] . item[j] (+ item_prior[q, j])`, computed with fp16 operands and
+/// fp32 accumulation and kept as fp16; the `candidates` best eligible items are selected
+/// per query by the top-K kernel (ties by the smaller index). Scores therefore carry fp16
+/// rounding (relative 2^-11): items whose exact scores differ by less may swap relative to
+/// the CPU stage; any larger difference orders the same.
+///
+/// Reads `fused`, `item_prior`, `notes[i].user`, `requests[i].exclude_seen`; writes
+/// `candidates`, `candidate_ids`, `candidate_scores`, `notes[i].excluded`.
+pub struct CudaSimilarity {
+    users: SharedUsers,
+    tables: SharedTables,
+    params: SimilarityParams,
+    exclude_host: Vec<u32>,
+    exclude: CudaBuffer<u32>,
+    fused_half: CudaBuffer<u16>,
+    scores: CudaBuffer<u16>,
+}
+
+impl CudaSimilarity {
+    pub fn new(
+        cuda: &Cuda,
+        users: SharedUsers,
+        tables: SharedTables,
+        params: SimilarityParams,
+    ) -> Result<CudaSimilarity, CudaError> {
+        if params.candidates == 0 || params.candidates > MAX_CANDIDATES {
+            return Err(CudaError::Unsupported(format!(
+                "candidates must be in 1..={MAX_CANDIDATES}, got {}",
+                params.candidates
+            )));
+        }
+        let n_items = tables.lock().n_items();
+        let shared = topk_shared_bytes(n_items);
+        if shared > TOPK_MAX_SHARED_BYTES {
+            return Err(CudaError::Unsupported(format!(
+                "{n_items} items exceed what the top-K kernel holds in shared memory"
+            )));
+        }
+        Ok(CudaSimilarity {
+            users,
+            tables,
+            params,
+            exclude_host: Vec::new(),
+            exclude: cuda.alloc(0)?,
+            fused_half: cuda.alloc(0)?,
+            scores: cuda.alloc(0)?,
+        })
+    }
+
+    /// Host step: who is excluded per query (and the notes saying so), uploaded.
+    pub(crate) fn prepare(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        let users = self.users.read();
+        self.exclude_host.clear();
+        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
+            notes.excluded.clear();
+            match notes.user {
+                Some(user) if self.params.exclude_seen && request.exclude_seen && (user as usize) < users.len() => {
+                    notes.excluded.extend_from_slice(users.seen(user));
+                    self.exclude_host.push(user);
+                }
+                _ => self.exclude_host.push(NO_ITEM),
+            }
+        }
+        cuda.ensure_len(&mut self.exclude, self.exclude_host.len())?;
+        cuda.upload_at(&self.exclude_host, &mut self.exclude, 0)?;
+        Ok(())
+    }
+
+    /// Device step: scores and selection.
+    pub(crate) fn enqueue(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        let n = batch.len();
+        let tables = self.tables.lock();
+        let (dim, n_items) = (tables.dim(), tables.n_items());
+        if batch.dim != dim || batch.fused.len() != n * dim {
+            return Err(StageError::BatchShape {
+                stage: "similarity",
+                expected: format!("fused [{n}, {dim}]"),
+                found: format!("{} values of width {}", batch.fused.len(), batch.dim),
+            });
+        }
+        let k = self.params.candidates.max(batch.results).min(MAX_CANDIDATES);
+        batch.candidates = k;
+        cuda.ensure_len(&mut batch.candidate_ids, n * k)?;
+        cuda.ensure_len(&mut batch.candidate_scores, n * k)?;
+        if n == 0 {
+            return Ok(());
+        }
+        enqueue_scores(
+            cuda,
+            tables.items(),
+            n_items,
+            dim,
+            &batch.fused,
+            n,
+            &mut self.fused_half,
+            &mut self.scores,
+        )?;
+        let prior = (batch.item_prior.len() == n * n_items).then_some(&batch.item_prior);
+        enqueue_top_k(
+            cuda,
+            &self.scores,
+            n_items,
+            n,
+            k,
+            prior,
+            Some(Exclusion {
+                users: &self.exclude,
+                tables: &tables,
+            }),
+            &mut batch.candidate_ids,
+            &mut batch.candidate_scores,
+        )?;
+        Ok(())
+    }
+
+    /// Device bytes of the stage's scratch.
+    pub fn memory_report(&self) -> MemoryReport {
+        MemoryReport {
+            workspace: self.scores.allocated_bytes() + self.fused_half.allocated_bytes() + self.exclude.allocated_bytes(),
+            ..MemoryReport::default()
+        }
+    }
+}
+
+impl Stage<Cuda> for CudaSimilarity {
+    fn name(&self) -> &'static str {
+        "similarity"
+    }
+
+    fn run(&mut self, device: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        self.prepare(device, batch)?;
+        self.enqueue(device, batch)
+    }
+
+    fn observe(&mut self, device: &Cuda, event: &Event) -> Result<(), StageError> {
+        let users = self.users.read();
+        if let Some(user) = users.index_of(event.user) {
+            self.tables.lock().sync_user(device, &users, user)?;
+        }
+        Ok(())
+    }
+}
