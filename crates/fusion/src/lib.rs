@@ -71,7 +71,7 @@ pub fn fuse(query: &[f32], user: Option<&[f32]>, alpha: f32, out: &mut [f32]) {
 /// Scales `v` to unit length; returns false (leaving `v` as is) when it vanishes.
 fn normalize(v: &mut [f32]) -> bool {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if !(norm > MIN_NORM) || !norm.is_finite() {
+    if !norm.is_finite() || norm <= MIN_NORM {
         return false;
     }
     let inv = 1.0 / norm;

@@ -139,7 +139,7 @@ pub fn score_batch(
 ) -> Result<(), SimilarityError> {
     let dim = items.dim();
     let n_items = items.len();
-    if queries.len() % dim != 0 {
+    if !queries.len().is_multiple_of(dim) {
         return Err(SimilarityError::Shape {
             what: "queries",
             expected: dim * queries.len().div_ceil(dim),
