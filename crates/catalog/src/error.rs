@@ -41,7 +41,11 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         CatalogError::Io {
             action,
             path: path.into(),

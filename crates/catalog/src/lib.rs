@@ -18,4 +18,6 @@ pub use movielens::{
     Catalog, Dataset, Diagnostic, DiagnosticKind, Item, LoadOptions, Rating, TagApplication,
 };
 pub use state::{HistoryEntry, ItemEmbeddings, ProfileRule, SharedUsers, UserTable};
-pub use synthetic::{SyntheticConfig, generate, synthetic_contexts, synthetic_queries, write_movielens};
+pub use synthetic::{
+    SyntheticConfig, generate, synthetic_contexts, synthetic_queries, write_movielens,
+};

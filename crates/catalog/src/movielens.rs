@@ -137,7 +137,11 @@ impl Item {
 
     /// The text the encoder embeds for this item (see [`Catalog::text`]).
     pub fn text(&self) -> String {
-        let mut text = self.title.strip_suffix('.').unwrap_or(&self.title).to_string();
+        let mut text = self
+            .title
+            .strip_suffix('.')
+            .unwrap_or(&self.title)
+            .to_string();
         if !self.genres.is_empty() {
             text.push_str(". Genres: ");
             let genres: Vec<String> = self.genres.iter().map(|g| g.to_lowercase()).collect();
@@ -534,10 +538,7 @@ fn parse_number<T: std::str::FromStr>(field: &str, what: &str) -> Result<T, RowE
     })
 }
 
-fn lookup_movie(
-    index: &HashMap<ItemId, ItemIndex>,
-    field: &str,
-) -> Result<ItemIndex, RowError> {
+fn lookup_movie(index: &HashMap<ItemId, ItemIndex>, field: &str) -> Result<ItemIndex, RowError> {
     let id = ItemId(parse_number(field, "movieId")?);
     index.get(&id).copied().ok_or_else(|| {
         RowError::new(

@@ -24,7 +24,7 @@ pub struct ItemEmbeddings {
 impl ItemEmbeddings {
     /// Wraps `data`; `data.len()` must be a multiple of `dim`.
     pub fn new(dim: usize, data: Vec<f32>) -> Option<Self> {
-        (dim > 0 && data.len() % dim == 0).then_some(ItemEmbeddings { dim, data })
+        (dim > 0 && data.len().is_multiple_of(dim)).then_some(ItemEmbeddings { dim, data })
     }
 
     pub fn dim(&self) -> usize {

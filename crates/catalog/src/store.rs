@@ -28,7 +28,11 @@ pub fn combined_fingerprint(model: &str, catalog: &str) -> String {
 /// Writes `embeddings` to `path` with `fingerprint`, atomically: the bytes go to a
 /// temporary file in the same directory, which is synced and then renamed over `path`, so
 /// a reader never sees a half-written store.
-pub fn save(path: &Path, embeddings: &ItemEmbeddings, fingerprint: &str) -> Result<(), CatalogError> {
+pub fn save(
+    path: &Path,
+    embeddings: &ItemEmbeddings,
+    fingerprint: &str,
+) -> Result<(), CatalogError> {
     let bytes: Vec<u8> = embeddings
         .as_slice()
         .iter()
@@ -40,12 +44,13 @@ pub fn save(path: &Path, embeddings: &ItemEmbeddings, fingerprint: &str) -> Resu
             message: e.to_string(),
         })?;
     let metadata = HashMap::from([(FINGERPRINT_KEY.to_string(), fingerprint.to_string())]);
-    let serialized = safetensors::serialize([(TENSOR_NAME, view)], Some(metadata)).map_err(|e| {
-        CatalogError::Serialize {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
+    let serialized =
+        safetensors::serialize([(TENSOR_NAME, view)], Some(metadata)).map_err(|e| {
+            CatalogError::Serialize {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
 
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| CatalogError::io("create", parent, e))?;
@@ -115,7 +120,10 @@ pub fn load_if_fresh(
         return Err(corrupt(format!("dtype {:?}, expected F32", tensor.dtype())));
     }
     let &[rows, dim] = tensor.shape() else {
-        return Err(corrupt(format!("shape {:?}, expected [n, dim]", tensor.shape())));
+        return Err(corrupt(format!(
+            "shape {:?}, expected [n, dim]",
+            tensor.shape()
+        )));
     };
     let data: Vec<f32> = tensor
         .data()
@@ -123,7 +131,10 @@ pub fn load_if_fresh(
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     if data.len() != rows * dim {
-        return Err(corrupt(format!("{} values for shape [{rows}, {dim}]", data.len())));
+        return Err(corrupt(format!(
+            "{} values for shape [{rows}, {dim}]",
+            data.len()
+        )));
     }
     ItemEmbeddings::new(dim, data)
         .map(Some)

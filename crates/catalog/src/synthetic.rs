@@ -35,8 +35,8 @@ use hyperrec_stage::{Context, ItemId, ItemIndex, Social, TimeOfDay, UserId};
 
 use crate::error::CatalogError;
 use crate::movielens::{
-    Catalog, Dataset, Item, MAX_RATING, MIN_RATING, MOVIELENS_GENRES, MOVIES_HEADER,
-    NO_GENRES, RATINGS_HEADER, Rating, TAGS_HEADER, TagApplication, top_tags,
+    Catalog, Dataset, Item, MAX_RATING, MIN_RATING, MOVIELENS_GENRES, MOVIES_HEADER, NO_GENRES,
+    RATINGS_HEADER, Rating, TAGS_HEADER, TagApplication, top_tags,
 };
 
 /// Seed of the seed-scale scenario ([`SyntheticConfig::default`]).
@@ -102,31 +102,164 @@ fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {
 
 /// Relative frequency of each of [`MOVIELENS_GENRES`] (counts in ml-latest-small).
 const GENRE_WEIGHTS: [f64; 19] = [
-    1828.0, 1263.0, 611.0, 664.0, 3756.0, 1199.0, 440.0, 4361.0, 779.0, 87.0, 978.0, 158.0,
-    334.0, 573.0, 1596.0, 980.0, 1894.0, 382.0, 167.0,
+    1828.0, 1263.0, 611.0, 664.0, 3756.0, 1199.0, 440.0, 4361.0, 779.0, 87.0, 978.0, 158.0, 334.0,
+    573.0, 1596.0, 980.0, 1894.0, 382.0, 167.0,
 ];
 
 /// Tag vocabulary of each genre, aligned with [`MOVIELENS_GENRES`]; also query themes.
 const GENRE_THEMES: [&[&str]; 19] = [
-    &["explosions", "car chase", "martial arts", "heist", "shootout", "revenge"],
-    &["quest", "treasure hunt", "jungle", "road trip", "pirates", "survival"],
-    &["hand-drawn", "pixar", "talking animals", "stop motion", "anime", "colorful"],
-    &["family", "coming of age", "friendship", "school", "fairy tale", "pets"],
-    &["witty", "slapstick", "dark comedy", "satire", "parody", "quirky"],
-    &["mafia", "gangsters", "detective", "prison", "corruption", "serial killer"],
-    &["true story", "nature", "history", "music scene", "politics", "biography"],
-    &["family drama", "tearjerker", "character study", "based on a book", "grief", "ambition"],
-    &["magic", "dragons", "wizards", "mythology", "fairy tale", "alternate world"],
-    &["femme fatale", "black and white", "hardboiled", "noir", "moody", "voiceover"],
-    &["creepy", "haunted house", "zombies", "slasher", "gore", "supernatural"],
-    &["imax", "spectacle", "visually stunning", "3d", "epic scale", "space"],
-    &["singing", "dance", "broadway", "soundtrack", "musical numbers", "jazz"],
-    &["whodunit", "twist ending", "clues", "investigation", "puzzle", "secrets"],
-    &["love story", "romantic comedy", "wedding", "first love", "heartbreak", "chemistry"],
-    &["time travel", "aliens", "dystopia", "robots", "space opera", "artificial intelligence"],
-    &["suspense", "tense", "psychological", "conspiracy", "twist ending", "cat and mouse"],
-    &["world war ii", "vietnam", "battlefield", "soldiers", "anti-war", "resistance"],
-    &["cowboys", "frontier", "outlaws", "gunslinger", "desert", "bounty hunter"],
+    &[
+        "explosions",
+        "car chase",
+        "martial arts",
+        "heist",
+        "shootout",
+        "revenge",
+    ],
+    &[
+        "quest",
+        "treasure hunt",
+        "jungle",
+        "road trip",
+        "pirates",
+        "survival",
+    ],
+    &[
+        "hand-drawn",
+        "pixar",
+        "talking animals",
+        "stop motion",
+        "anime",
+        "colorful",
+    ],
+    &[
+        "family",
+        "coming of age",
+        "friendship",
+        "school",
+        "fairy tale",
+        "pets",
+    ],
+    &[
+        "witty",
+        "slapstick",
+        "dark comedy",
+        "satire",
+        "parody",
+        "quirky",
+    ],
+    &[
+        "mafia",
+        "gangsters",
+        "detective",
+        "prison",
+        "corruption",
+        "serial killer",
+    ],
+    &[
+        "true story",
+        "nature",
+        "history",
+        "music scene",
+        "politics",
+        "biography",
+    ],
+    &[
+        "family drama",
+        "tearjerker",
+        "character study",
+        "based on a book",
+        "grief",
+        "ambition",
+    ],
+    &[
+        "magic",
+        "dragons",
+        "wizards",
+        "mythology",
+        "fairy tale",
+        "alternate world",
+    ],
+    &[
+        "femme fatale",
+        "black and white",
+        "hardboiled",
+        "noir",
+        "moody",
+        "voiceover",
+    ],
+    &[
+        "creepy",
+        "haunted house",
+        "zombies",
+        "slasher",
+        "gore",
+        "supernatural",
+    ],
+    &[
+        "imax",
+        "spectacle",
+        "visually stunning",
+        "3d",
+        "epic scale",
+        "space",
+    ],
+    &[
+        "singing",
+        "dance",
+        "broadway",
+        "soundtrack",
+        "musical numbers",
+        "jazz",
+    ],
+    &[
+        "whodunit",
+        "twist ending",
+        "clues",
+        "investigation",
+        "puzzle",
+        "secrets",
+    ],
+    &[
+        "love story",
+        "romantic comedy",
+        "wedding",
+        "first love",
+        "heartbreak",
+        "chemistry",
+    ],
+    &[
+        "time travel",
+        "aliens",
+        "dystopia",
+        "robots",
+        "space opera",
+        "artificial intelligence",
+    ],
+    &[
+        "suspense",
+        "tense",
+        "psychological",
+        "conspiracy",
+        "twist ending",
+        "cat and mouse",
+    ],
+    &[
+        "world war ii",
+        "vietnam",
+        "battlefield",
+        "soldiers",
+        "anti-war",
+        "resistance",
+    ],
+    &[
+        "cowboys",
+        "frontier",
+        "outlaws",
+        "gunslinger",
+        "desert",
+        "bounty hunter",
+    ],
 ];
 
 /// Tags any item may get, whatever its genres.
@@ -144,25 +277,102 @@ const GENERAL_TAGS: [&str; 10] = [
 ];
 
 const TITLE_ADJECTIVES: [&str; 40] = [
-    "Silent", "Last", "Broken", "Golden", "Hidden", "Crimson", "Midnight", "Lost", "Wild",
-    "Secret", "Dark", "Bright", "Frozen", "Burning", "Distant", "Hollow", "Restless",
-    "Forgotten", "Electric", "Quiet", "Savage", "Gentle", "Endless", "Shattered", "Velvet",
-    "Iron", "Paper", "Crooked", "Little", "Final", "Northern", "Lonely", "Sweet", "Bitter",
-    "Invisible", "Eternal", "Fading", "Rising", "Stolen", "Scarlet",
+    "Silent",
+    "Last",
+    "Broken",
+    "Golden",
+    "Hidden",
+    "Crimson",
+    "Midnight",
+    "Lost",
+    "Wild",
+    "Secret",
+    "Dark",
+    "Bright",
+    "Frozen",
+    "Burning",
+    "Distant",
+    "Hollow",
+    "Restless",
+    "Forgotten",
+    "Electric",
+    "Quiet",
+    "Savage",
+    "Gentle",
+    "Endless",
+    "Shattered",
+    "Velvet",
+    "Iron",
+    "Paper",
+    "Crooked",
+    "Little",
+    "Final",
+    "Northern",
+    "Lonely",
+    "Sweet",
+    "Bitter",
+    "Invisible",
+    "Eternal",
+    "Fading",
+    "Rising",
+    "Stolen",
+    "Scarlet",
 ];
 
 const TITLE_NOUNS: [&str; 48] = [
-    "Harbor", "Road", "Kingdom", "Summer", "Night", "River", "Garden", "City", "Empire",
-    "Storm", "Dream", "Mirror", "Promise", "Frontier", "Machine", "Island", "Letter",
-    "Shadow", "Heart", "Game", "Winter", "House", "Station", "Witness", "Stranger", "Voyage",
-    "Signal", "Orchard", "Circus", "Valley", "Detective", "Comet", "Lantern", "Highway",
-    "Castle", "Ocean", "Forest", "Hunter", "Song", "Bridge", "Crown", "Desert", "Planet",
-    "Engine", "Whisper", "Echo", "Horizon", "Tide",
+    "Harbor",
+    "Road",
+    "Kingdom",
+    "Summer",
+    "Night",
+    "River",
+    "Garden",
+    "City",
+    "Empire",
+    "Storm",
+    "Dream",
+    "Mirror",
+    "Promise",
+    "Frontier",
+    "Machine",
+    "Island",
+    "Letter",
+    "Shadow",
+    "Heart",
+    "Game",
+    "Winter",
+    "House",
+    "Station",
+    "Witness",
+    "Stranger",
+    "Voyage",
+    "Signal",
+    "Orchard",
+    "Circus",
+    "Valley",
+    "Detective",
+    "Comet",
+    "Lantern",
+    "Highway",
+    "Castle",
+    "Ocean",
+    "Forest",
+    "Hunter",
+    "Song",
+    "Bridge",
+    "Crown",
+    "Desert",
+    "Planet",
+    "Engine",
+    "Whisper",
+    "Echo",
+    "Horizon",
+    "Tide",
 ];
 
 const TITLE_NAMES: [&str; 20] = [
-    "Anna", "Max", "Lucia", "Oscar", "Mira", "Jack", "Elena", "Theo", "Rosa", "Felix",
-    "Nora", "Hugo", "Ivy", "Leo", "Clara", "Sam", "Vera", "Otto", "June", "Ray",
+    "Anna", "Max", "Lucia", "Oscar", "Mira", "Jack", "Elena", "Theo", "Rosa", "Felix", "Nora",
+    "Hugo", "Ivy", "Leo", "Clara", "Sam", "Vera", "Otto", "June", "Ray",
 ];
 
 /// A generated item with the hidden attributes users' ratings depend on.
@@ -229,7 +439,13 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
         .collect();
     let world = World {
         config,
-        items: &generated,
+        traits: generated
+            .iter()
+            .map(|g| ItemTraits {
+                genre_mask: genre_mask(&g.genre_ids),
+                quality: g.quality as f32,
+            })
+            .collect(),
         global,
         by_genre,
         by_rank,
@@ -365,10 +581,22 @@ fn generate_item(config: &SyntheticConfig, index: usize) -> GeneratedItem {
     }
 }
 
+/// An item's genres (bit `g` for genre `g` of [`MOVIELENS_GENRES`]) and hidden quality.
+#[derive(Clone, Copy)]
+struct ItemTraits {
+    genre_mask: u32,
+    quality: f32,
+}
+
+fn genre_mask(genres: &[usize]) -> u32 {
+    genres.iter().fold(0, |mask, &g| mask | (1 << g))
+}
+
 /// Everything user generation reads, shared by all rayon workers.
 struct World<'a> {
     config: &'a SyntheticConfig,
-    items: &'a [GeneratedItem],
+    /// Compact copies of what ratings depend on: 5M random lookups stay in cache.
+    traits: Vec<ItemTraits>,
     global: ZipfTable,
     by_genre: Vec<ZipfTable>,
     /// Items from most to least popular.
@@ -382,7 +610,9 @@ impl World<'_> {
         let preferred = pick_genres(&mut rng, preferred_count, &[]);
         let disliked = pick_genres(&mut rng, 1, &preferred)[0];
         let bias = 0.3 * rng.sample::<f64, _>(StandardNormal);
-        let len = self.config.history_len.min(self.items.len());
+        let len = self.config.history_len.min(self.traits.len());
+        let preferred_mask = genre_mask(&preferred);
+        let disliked_mask = genre_mask(&[disliked]);
 
         let mut chosen: Vec<ItemIndex> = Vec::with_capacity(len);
         // Redraws before falling back to the most popular unchosen item.
@@ -429,11 +659,11 @@ impl World<'_> {
         chosen
             .into_iter()
             .map(|item| {
-                let generated = &self.items[item as usize];
-                let likes = generated.genre_ids.iter().any(|g| preferred.contains(g));
-                let dislikes = generated.genre_ids.contains(&disliked);
+                let traits = self.traits[item as usize];
+                let likes = traits.genre_mask & preferred_mask != 0;
+                let dislikes = traits.genre_mask & disliked_mask != 0;
                 let mean = 3.1 + f64::from(u8::from(likes)) - 1.6 * f64::from(u8::from(dislikes))
-                    + generated.quality
+                    + f64::from(traits.quality)
                     + bias;
                 let noisy = mean + 0.7 * rng.sample::<f64, _>(StandardNormal);
                 let rating = ((noisy * 2.0).round() / 2.0)
@@ -498,7 +728,11 @@ pub fn write_movielens(dir: &Path, dataset: &Dataset) -> Result<(), CatalogError
         let user = tag.user.to_string();
         let item = catalog.item(tag.item).id.to_string();
         let timestamp = tag.timestamp.to_string();
-        write_row(&mut tags, &path, [user.as_str(), &item, &tag.tag, &timestamp])?;
+        write_row(
+            &mut tags,
+            &path,
+            [user.as_str(), &item, &tag.tag, &timestamp],
+        )?;
     }
     finish_csv(tags, &path)
 }
@@ -651,7 +885,11 @@ fn synthetic_query(rng: &mut ChaCha8Rng) -> String {
         parts.push(pick(rng, &QUERY_NOUNS));
     }
     if rng.random_bool(0.6) {
-        parts.push(if rng.random_bool(0.5) { "about" } else { "with" });
+        parts.push(if rng.random_bool(0.5) {
+            "about"
+        } else {
+            "with"
+        });
         // Themes of the query's genre half the time, of any genre otherwise.
         let theme_genre = if rng.random_bool(0.5) {
             genre
@@ -672,7 +910,11 @@ fn synthetic_query(rng: &mut ChaCha8Rng) -> String {
         let before_vowel = words
             .get(position + 1)
             .is_some_and(|next| next.starts_with(['a', 'e', 'i', 'o', 'u']));
-        query.push_str(if *word == "a" && before_vowel { "an" } else { word });
+        query.push_str(if *word == "a" && before_vowel {
+            "an"
+        } else {
+            word
+        });
     }
     query
 }

@@ -174,17 +174,20 @@ fn titles_genres_years_and_texts_follow_the_documented_format() {
     // count-1 tags alphabetically, five in all ("slow" is sixth and dropped).
     assert_eq!(
         heat.top_tags,
-        ["al pacino", "heist", "atmospheric", "great score", "robert de niro"]
+        [
+            "al pacino",
+            "heist",
+            "atmospheric",
+            "great score",
+            "robert de niro"
+        ]
     );
     assert_eq!(
         catalog.text(at(6)),
         "Heat (1995). Genres: action, crime, thriller. \
          Tags: al pacino, heist, atmospheric, great score, robert de niro."
     );
-    assert_eq!(
-        catalog.item(at(10)).title,
-        "American President, The (1995)"
-    );
+    assert_eq!(catalog.item(at(10)).title, "American President, The (1995)");
     assert_eq!(catalog.item(at(40697)).year, None);
     assert_eq!(catalog.text(at(40697)), "Babylon 5. Genres: sci-fi.");
     assert!(catalog.item(at(143410)).genres.is_empty());

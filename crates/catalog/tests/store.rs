@@ -16,7 +16,9 @@ fn clock_seed() -> u64 {
 
 fn random_embeddings(seed: u64, rows: usize, dim: usize) -> ItemEmbeddings {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let data = (0..rows * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let data = (0..rows * dim)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     ItemEmbeddings::new(dim, data).expect("shape")
 }
 
@@ -44,7 +46,10 @@ fn a_changed_model_or_catalog_makes_the_store_stale() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("items.safetensors");
     store::save(&path, &embeddings, &combined_fingerprint("m1", "c1")).expect("save");
-    for stale in [combined_fingerprint("m2", "c1"), combined_fingerprint("m1", "c2")] {
+    for stale in [
+        combined_fingerprint("m2", "c1"),
+        combined_fingerprint("m1", "c2"),
+    ] {
         assert_eq!(store::load_if_fresh(&path, &stale).expect("load"), None);
     }
     // Saving again with the new fingerprint replaces the file.
@@ -82,7 +87,10 @@ fn a_corrupt_store_is_an_error_naming_the_file() {
         std::fs::write(&path, &content).expect("write");
         match store::load_if_fresh(&path, "fp") {
             Err(error @ CatalogError::CorruptStore { .. }) => {
-                assert!(error.to_string().contains("items.safetensors"), "{label}: {error}");
+                assert!(
+                    error.to_string().contains("items.safetensors"),
+                    "{label}: {error}"
+                );
             }
             other => panic!("{label}: expected a corrupt-store error, got {other:?}"),
         }

@@ -85,9 +85,14 @@ fn sizes_ids_and_ranges_match_the_configuration() {
     assert!(dataset.diagnostics.is_empty());
 
     for item in catalog.items() {
-        assert!(!item.genres.is_empty() && item.genres.len() <= 4, "{item:?}");
         assert!(
-            item.genres.iter().all(|g| MOVIELENS_GENRES.contains(&g.as_str())),
+            !item.genres.is_empty() && item.genres.len() <= 4,
+            "{item:?}"
+        );
+        assert!(
+            item.genres
+                .iter()
+                .all(|g| MOVIELENS_GENRES.contains(&g.as_str())),
             "{item:?}"
         );
         let year = item.year.expect("every synthetic title has a year");
@@ -95,14 +100,22 @@ fn sizes_ids_and_ranges_match_the_configuration() {
         assert!(item.title.ends_with(&format!("({year})")), "{item:?}");
         assert!(item.top_tags.len() <= 5);
     }
-    let tagged = catalog.items().iter().filter(|i| !i.top_tags.is_empty()).count();
+    let tagged = catalog
+        .items()
+        .iter()
+        .filter(|i| !i.top_tags.is_empty())
+        .count();
     assert!(tagged > 2_000 / 3, "{tagged} tagged items, seed {seed}");
 
     for (user, history) in dataset.user_histories() {
         assert!((1..=300).contains(&user.0), "seed {seed}");
         assert_eq!(history.len(), 50, "seed {seed}");
         let distinct: HashSet<ItemIndex> = history.iter().map(|h| h.item).collect();
-        assert_eq!(distinct.len(), 50, "repeated items for {user:?}, seed {seed}");
+        assert_eq!(
+            distinct.len(),
+            50,
+            "repeated items for {user:?}, seed {seed}"
+        );
         assert!(
             history.windows(2).all(|w| w[0].timestamp < w[1].timestamp),
             "timestamps of {user:?} do not increase, seed {seed}"
@@ -205,7 +218,10 @@ fn ratings_carry_genre_preferences() {
         low += history.iter().filter(|h| h.rating <= 2.0).count();
     }
     let accuracy = agree as f64 / compared as f64;
-    assert!(accuracy > 0.6, "pairwise accuracy {accuracy:.3}, seed {seed}");
+    assert!(
+        accuracy > 0.6,
+        "pairwise accuracy {accuracy:.3}, seed {seed}"
+    );
     let dislike_share = low as f64 / dataset.ratings.len() as f64;
     assert!(
         (0.03..0.4).contains(&dislike_share),
@@ -351,5 +367,10 @@ fn ratings_reference_catalog_items() {
     let dataset = generate(&SyntheticConfig::small(clock_seed()));
     let n = dataset.catalog.len() as ItemIndex;
     assert!(dataset.ratings.iter().all(|r: &Rating| r.item < n));
-    assert!(dataset.tags.iter().all(|t| t.item < n && t.user >= UserId(1)));
+    assert!(
+        dataset
+            .tags
+            .iter()
+            .all(|t| t.item < n && t.user >= UserId(1))
+    );
 }
