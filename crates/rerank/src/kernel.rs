@@ -31,13 +31,11 @@ pub(crate) fn mat_vec(matrix: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The keys and values one query's candidates attend over: `history` history-item slots
-/// followed by `context` context-phrase slots.
+/// The keys one query's candidates attend over: `history` history-item slots followed by
+/// `context` context-phrase slots.
 pub(crate) struct Sources<'a> {
     /// `[history + context, dim]` projected keys.
     pub keys: &'a [f32],
-    /// `[history + context, dim]` projected values, already multiplied by each slot's gate.
-    pub values: &'a [f32],
     pub history: usize,
     pub context: usize,
 }
@@ -46,6 +44,22 @@ impl Sources<'_> {
     pub fn len(&self) -> usize {
         self.history + self.context
     }
+}
+
+/// How the value products `v_s^h . u^h` of one candidate are obtained.
+pub(crate) enum Values<'a> {
+    /// From the rows: `values` is `[slots, dim]` projected values already multiplied by
+    /// each slot's gate, `candidate` the candidate's projected value row, to be multiplied
+    /// by `scale`.
+    Rows {
+        values: &'a [f32],
+        candidate: &'a [f32],
+        scale: f32,
+    },
+    /// Every projection is a multiple of the identity and the query side is the candidate
+    /// alone (the untrained heads), so `v_s^h . u^h = factors[s] * logit[h, s]`: the value
+    /// products are the logit products reused, which halves the work.
+    FromLogits { factors: &'a [f32] },
 }
 
 /// Head geometry and the share of attention the context pool gets.
@@ -72,42 +86,58 @@ impl AttentionShape {
 
 /// Attention of one candidate over `sources`.
 ///
-/// `query` is the candidate's projected query vector (`dim`), `candidate_value` its
-/// projected value vector (`dim`), to be multiplied by `value_scale`. Writes the attention
-/// weights into `weights` (`[heads, sources.len()]`): per head, the history slots share
+/// `query` is the candidate's projected query vector (`dim`). Writes the attention weights
+/// into `weights` (`[heads, sources.len()]`): per head, the history slots share
 /// `1 - lambda` by a softmax of `q.k / sqrt(d_h)` among themselves and the context slots
-/// `lambda` likewise, so each head's weights sum to 1. Returns the attention score,
-/// `sum_h sum_s w[h, s] * (v_s^h . u^h)`.
+/// `lambda` likewise, so each head's weights sum to 1. `logits` is scratch of at least
+/// `sources.len()`. Returns the attention score, `sum_h sum_s w[h, s] * (v_s^h . u^h)`.
 pub(crate) fn attend(
     query: &[f32],
-    candidate_value: &[f32],
-    value_scale: f32,
     sources: &Sources<'_>,
+    values: &Values<'_>,
     shape: AttentionShape,
     weights: &mut [f32],
+    logits: &mut [f32],
 ) -> f32 {
     let slots = sources.len();
     let dim = shape.heads * shape.head_dim;
     let inv_sqrt_head_dim = 1.0 / (shape.head_dim as f32).sqrt();
     let (history_mass, context_mass) = shape.pool_masses(sources);
+    let logits = &mut logits[..slots];
     let mut score = 0.0;
     for head in 0..shape.heads {
         let columns = head * shape.head_dim..(head + 1) * shape.head_dim;
-        let head_weights = &mut weights[head * slots..(head + 1) * slots];
-        for (slot, logit) in head_weights.iter_mut().enumerate() {
+        let query_head = &query[columns.clone()];
+        for (slot, logit) in logits.iter_mut().enumerate() {
             let key = &sources.keys[slot * dim..(slot + 1) * dim];
-            *logit = dot(&query[columns.clone()], &key[columns.clone()]) * inv_sqrt_head_dim;
+            *logit = dot(query_head, &key[columns.clone()]) * inv_sqrt_head_dim;
         }
+        let head_weights = &mut weights[head * slots..(head + 1) * slots];
+        head_weights.copy_from_slice(logits);
         let (history_weights, context_weights) = head_weights.split_at_mut(sources.history);
         softmax_into_mass(history_weights, history_mass);
         softmax_into_mass(context_weights, context_mass);
-        let candidate_head = &candidate_value[columns.clone()];
-        for (slot, &weight) in head_weights.iter().enumerate() {
-            let value = &sources.values[slot * dim..(slot + 1) * dim];
-            score += weight * dot(&value[columns.clone()], candidate_head);
+        match values {
+            Values::Rows {
+                values,
+                candidate,
+                scale,
+            } => {
+                let candidate_head = &candidate[columns.clone()];
+                for (slot, &weight) in head_weights.iter().enumerate() {
+                    let value = &values[slot * dim..(slot + 1) * dim];
+                    score += weight * scale * dot(&value[columns.clone()], candidate_head);
+                }
+            }
+            Values::FromLogits { factors } => {
+                for ((&weight, &factor), &logit) in head_weights.iter().zip(*factors).zip(&*logits)
+                {
+                    score += weight * factor * logit;
+                }
+            }
         }
     }
-    score * value_scale
+    score
 }
 
 /// Replaces `logits` by `mass * softmax(logits)` (nothing to do when empty).
@@ -164,12 +194,17 @@ mod tests {
             let candidate: Vec<f32> = (0..dim).map(|_| next()).collect();
             let sources = Sources {
                 keys: &keys,
-                values: &values,
                 history,
                 context,
             };
+            let values = Values::Rows {
+                values: &values,
+                candidate: &candidate,
+                scale: 1.0,
+            };
             let mut weights = vec![f32::NAN; shape.heads * slots];
-            let score = attend(&query, &candidate, 1.0, &sources, shape, &mut weights);
+            let mut logits = vec![0.0; slots];
+            let score = attend(&query, &sources, &values, shape, &mut weights, &mut logits);
             assert!(score.is_finite(), "seed {seed}");
             for head in weights.chunks_exact(slots) {
                 assert!(head.iter().all(|&w| w > 0.0), "{head:?} (seed {seed})");

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, SharedUsers, UserTable};
 use hyperrec_stage::{Batch, Cpu, ItemIndex, RequestNotes, Source, Stage, StageError};
 
-use crate::kernel::{AttentionShape, Sources, attend, mat_vec};
+use crate::kernel::{AttentionShape, Sources, Values, attend, mat_vec};
 use crate::vocabulary::PhraseTable;
 use crate::weights::identity_scale;
 use crate::{ContextVocabulary, RerankError, RerankWeights};
@@ -51,6 +51,9 @@ pub struct AttentionRerank {
     query: Projection,
     key: Projection,
     value: Projection,
+    /// `Some(c)` when value products can reuse the logits (see [`Values::FromLogits`]):
+    /// slot `s`'s factor is `gate_s * c`.
+    logit_reuse: Option<f32>,
     /// Vocabulary version the phrase projections were computed for.
     phrases_version: Option<u64>,
     /// Per batch: the vocabulary rows of every query's context phrases, concatenated, and
@@ -96,6 +99,15 @@ impl AttentionRerank {
         let query = Projection::new(&weights.q_proj, &items);
         let key = Projection::new(&weights.k_proj, &items);
         let value = Projection::new(&weights.v_proj, &items);
+        // v.u = g alpha_v^2 (x.c) and logit = alpha_q alpha_k (x.c) / sqrt(d_h).
+        let logit_reuse = match (query.scale, key.scale, value.scale) {
+            (Some(alpha_q), Some(alpha_k), Some(alpha_v))
+                if weights.query_fused_mix == 0.0 && alpha_q * alpha_k != 0.0 =>
+            {
+                Some(alpha_v * alpha_v * (weights.head_dim() as f32).sqrt() / (alpha_q * alpha_k))
+            }
+            _ => None,
+        };
         Ok(AttentionRerank {
             items,
             users,
@@ -105,6 +117,7 @@ impl AttentionRerank {
             query,
             key,
             value,
+            logit_reuse,
             phrases_version: None,
             phrase_rows: Vec::new(),
             phrase_starts: Vec::new(),
@@ -226,6 +239,7 @@ impl Stage<Cpu> for AttentionRerank {
             query: &self.query,
             key: &self.key,
             value: &self.value,
+            logit_reuse: self.logit_reuse,
             weights: &self.weights,
             shape: AttentionShape {
                 heads: self.config.heads,
@@ -409,6 +423,9 @@ impl Projection {
 struct QueryScratch {
     keys: Vec<f32>,
     values: Vec<f32>,
+    /// Per slot, with [`Values::FromLogits`].
+    factors: Vec<f32>,
+    logits: Vec<f32>,
     fused_query: Vec<f32>,
     query: Vec<f32>,
     /// `[heads, slots]` of the candidate being scored.
@@ -443,6 +460,7 @@ struct QueryKernel<'a> {
     query: &'a Projection,
     key: &'a Projection,
     value: &'a Projection,
+    logit_reuse: Option<f32>,
     weights: &'a RerankWeights,
     shape: AttentionShape,
     history_len: usize,
@@ -469,22 +487,23 @@ impl QueryKernel<'_> {
             &self.phrase_rows[self.phrase_starts[query]..self.phrase_starts[query + 1]];
         let slots = history.len() + phrase_rows.len();
 
-        // Keys and gated values of every source slot, history first.
+        // Keys and gated values (or value factors) of every source slot, history first.
         scratch.keys.resize(slots * dim, 0.0);
-        scratch.values.resize(slots * dim, 0.0);
+        match self.logit_reuse {
+            Some(_) => scratch.factors.resize(slots, 0.0),
+            None => scratch.values.resize(slots * dim, 0.0),
+        }
         let [gate_offset, gate_slope] = weights.history_gate;
         let history_sources = history.iter().map(|entry| {
             let gate = gate_offset + gate_slope * (entry.rating - 3.0) / 2.0;
-            (
-                self.key.item(self.items, entry.item),
-                self.value.item(self.items, entry.item),
-                gate,
-            )
+            let value = self.value.item(self.items, entry.item);
+            (self.key.item(self.items, entry.item), value, gate)
         });
         let phrase_sources = phrase_rows.iter().map(|&row| {
+            let value = self.value.phrase(self.phrases, row);
             (
                 self.key.phrase(self.phrases, row),
-                self.value.phrase(self.phrases, row),
+                value,
                 weights.context_gate,
             )
         });
@@ -493,11 +512,13 @@ impl QueryKernel<'_> {
         {
             let at = slot * dim..(slot + 1) * dim;
             scale_into(&mut scratch.keys[at.clone()], key, key_scale);
-            scale_into(&mut scratch.values[at], value, value_scale * gate);
+            match self.logit_reuse {
+                Some(factor) => scratch.factors[slot] = gate * factor,
+                None => scale_into(&mut scratch.values[at], value, value_scale * gate),
+            }
         }
         let sources = Sources {
             keys: &scratch.keys,
-            values: &scratch.values,
             history: history.len(),
             context: phrase_rows.len(),
         };
@@ -517,6 +538,7 @@ impl QueryKernel<'_> {
         scratch.candidates.clear();
         scratch.attributions.resize(self.reranked * slots, 0.0);
         scratch.head_weights.resize(self.shape.heads * slots, 0.0);
+        scratch.logits.resize(slots, 0.0);
         scratch.query.resize(dim, 0.0);
         let mix = weights.score_mix;
         let inv_heads = 1.0 / self.shape.heads as f32;
@@ -541,14 +563,26 @@ impl QueryKernel<'_> {
                 } else {
                     scale_into(&mut scratch.query, query_row, query_scale);
                 }
-                let (value_row, value_scale) = self.value.item(self.items, item);
+                let values = match self.logit_reuse {
+                    Some(_) => Values::FromLogits {
+                        factors: &scratch.factors,
+                    },
+                    None => {
+                        let (candidate, scale) = self.value.item(self.items, item);
+                        Values::Rows {
+                            values: &scratch.values,
+                            candidate,
+                            scale,
+                        }
+                    }
+                };
                 let attention = attend(
                     &scratch.query,
-                    value_row,
-                    value_scale,
                     &sources,
+                    &values,
                     self.shape,
                     &mut scratch.head_weights,
+                    &mut scratch.logits,
                 );
                 let row = &mut scratch.attributions[position * slots..(position + 1) * slots];
                 row.fill(0.0);

@@ -482,14 +482,17 @@ fn scaled_identity_projections_match_the_naive_formula() {
         (0..dim).for_each(|i| m[i * dim + i] = scale);
         m
     };
-    let weights = RerankWeights {
-        q_proj: identity(3.0),
-        k_proj: identity(0.5),
-        v_proj: identity(2.0),
-        query_fused_mix: 0.2,
-        ..RerankWeights::untrained(dim, 2)
-    };
-    check_against_naive(weights, "scaled identity");
+    // Without the fused vector the value products reuse the logits; with it they cannot.
+    for query_fused_mix in [0.0, 0.2] {
+        let weights = RerankWeights {
+            q_proj: identity(3.0),
+            k_proj: identity(0.5),
+            v_proj: identity(2.0),
+            query_fused_mix,
+            ..RerankWeights::untrained(dim, 2)
+        };
+        check_against_naive(weights, &format!("scaled identity, beta {query_fused_mix}"));
+    }
 }
 
 #[test]
