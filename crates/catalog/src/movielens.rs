@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use csv::ByteRecord;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use hyperrec_stage::{ItemId, ItemIndex, UserId};
@@ -76,7 +77,8 @@ impl LoadOptions {
 }
 
 /// What was wrong with a row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiagnosticKind {
     /// The row does not have the header's number of fields.
     FieldCount,
@@ -95,7 +97,7 @@ pub enum DiagnosticKind {
 }
 
 /// One malformed row: where it is and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
     /// The file the row is in.
     pub file: PathBuf,

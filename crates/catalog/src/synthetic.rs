@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
-use hyperrec_stage::{Context, ItemId, ItemIndex, Social, TimeOfDay, UserId};
+use hyperrec_stage::{Context, Event, Interaction, ItemId, ItemIndex, Social, TimeOfDay, UserId};
 
 use crate::error::CatalogError;
 use crate::movielens::{
@@ -91,6 +91,7 @@ enum Purpose {
     Users = 0x3,
     Queries = 0x4,
     Contexts = 0x5,
+    Events = 0x6,
 }
 
 fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {
@@ -961,6 +962,43 @@ pub fn synthetic_contexts(n: usize, users: usize, seed: u64) -> Vec<Context> {
                 social,
                 companions,
                 genres,
+            }
+        })
+        .collect()
+}
+
+/// `n` real-time events drawn from `dataset`'s own traffic, the same for the same
+/// `(dataset, n, seed)`: each event's item is the item of a uniformly drawn rating, so item
+/// popularity follows the dataset's (Zipf for generated data, the real skew for
+/// MovieLens); its user is the user of another uniformly drawn rating (active users act
+/// more). Interactions are 60% explicit ratings (half stars, 0.5..=5.0), 25% watches and
+/// 15% skips; timestamps start one second after the dataset's latest rating and increase.
+/// Empty when the dataset has no ratings.
+pub fn synthetic_events(dataset: &Dataset, n: usize, seed: u64) -> Vec<Event> {
+    let ratings = &dataset.ratings;
+    if ratings.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = stream(seed, Purpose::Events, 0);
+    let mut timestamp = ratings.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    (0..n)
+        .map(|_| {
+            let item = ratings[rng.random_range(0..ratings.len())].item;
+            let user = ratings[rng.random_range(0..ratings.len())].user;
+            let roll = rng.random::<f64>();
+            let interaction = if roll < 0.6 {
+                Interaction::Rating(rng.random_range(1..=10u8) as f32 / 2.0)
+            } else if roll < 0.85 {
+                Interaction::Watch
+            } else {
+                Interaction::Skip
+            };
+            timestamp += rng.random_range(1..=60);
+            Event {
+                user,
+                item: dataset.catalog.item(item).id,
+                interaction,
+                timestamp,
             }
         })
         .collect()

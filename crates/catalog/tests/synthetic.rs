@@ -5,7 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyperrec_catalog::movielens::{self, LoadOptions, MOVIELENS_GENRES};
 use hyperrec_catalog::synthetic::{
-    SyntheticConfig, generate, synthetic_contexts, synthetic_queries, write_movielens,
+    SyntheticConfig, generate, synthetic_contexts, synthetic_events, synthetic_queries,
+    write_movielens,
 };
 use hyperrec_catalog::{Dataset, Rating};
 use hyperrec_stage::{ItemIndex, UserId};
@@ -372,5 +373,65 @@ fn ratings_reference_catalog_items() {
             .tags
             .iter()
             .all(|t| t.item < n && t.user >= UserId(1))
+    );
+}
+
+#[test]
+fn events_follow_the_dataset_popularity_and_move_forward_in_time() {
+    let seed = clock_seed();
+    let dataset = generate(&SyntheticConfig {
+        items: 5_000,
+        users: 1_000,
+        history_len: 50,
+        zipf_exponent: 1.0,
+        seed,
+    });
+    let events = synthetic_events(&dataset, 20_000, seed);
+    assert_eq!(events.len(), 20_000);
+    assert_eq!(events, synthetic_events(&dataset, 20_000, seed));
+    let latest = dataset
+        .ratings
+        .iter()
+        .map(|r| r.timestamp)
+        .max()
+        .expect("ratings");
+    assert!(events[0].timestamp > latest);
+    assert!(events.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
+
+    // Events on the 1% most rated items: their share of the traffic matches their share
+    // of the ratings (both well above 1%).
+    let mut counts = vec![0usize; dataset.catalog.len()];
+    for rating in &dataset.ratings {
+        counts[rating.item as usize] += 1;
+    }
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(counts[i]));
+    let head: HashSet<hyperrec_stage::ItemId> = order[..50]
+        .iter()
+        .map(|&i| dataset.catalog.item(i as ItemIndex).id)
+        .collect();
+    let rating_share =
+        order[..50].iter().map(|&i| counts[i]).sum::<usize>() as f64 / dataset.ratings.len() as f64;
+    let event_share =
+        events.iter().filter(|e| head.contains(&e.item)).count() as f64 / events.len() as f64;
+    assert!(rating_share > 0.1, "{rating_share:.3}, seed {seed}");
+    assert!(
+        (event_share - rating_share).abs() < 0.03,
+        "events {event_share:.3} vs ratings {rating_share:.3}, seed {seed}"
+    );
+    for event in &events {
+        assert!(dataset.catalog.index_of(event.item).is_some());
+        assert!((0.5..=5.0).contains(&event.interaction.as_rating()));
+    }
+    assert!(
+        synthetic_events(
+            &generate(&SyntheticConfig {
+                users: 0,
+                ..SyntheticConfig::small(seed)
+            }),
+            5,
+            seed
+        )
+        .is_empty()
     );
 }
