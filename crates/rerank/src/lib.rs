@@ -56,7 +56,7 @@ mod vocabulary;
 pub mod weights;
 
 pub use error::RerankError;
-pub use stage::{AttentionRerank, RerankConfig};
+pub use stage::{AttentionRerank, RerankConfig, explain};
 pub use vocabulary::{
     ContextVocabulary, PhraseTable, genre_phrase, social_phrase, time_of_day_phrase,
 };

@@ -3,7 +3,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, SharedUsers, UserTable};
-use hyperrec_stage::{Batch, Cpu, ItemIndex, RequestNotes, Source, Stage, StageError};
+use hyperrec_stage::{
+    Batch, Contribution, Cpu, Explanation, ItemIndex, RequestNotes, Source, Stage, StageError,
+};
 
 use crate::kernel::{AttentionShape, Sources, Values, attend, mat_vec};
 use crate::vocabulary::PhraseTable;
@@ -23,8 +25,7 @@ pub struct RerankConfig {
     pub history_len: usize,
     /// Attention heads; must divide the embedding width.
     pub heads: usize,
-    /// Contributions an explanation keeps (used by the pipeline when it builds
-    /// [`hyperrec_stage::Explanation`]s from `result_attributions`).
+    /// Contributions an explanation keeps ([`AttentionRerank::explain`]).
     pub top_contributions: usize,
 }
 
@@ -137,6 +138,21 @@ impl AttentionRerank {
     /// The vocabulary the stage reads; insert phrases through it.
     pub fn context(&self) -> &Arc<ContextVocabulary> {
         &self.context
+    }
+
+    /// The explanation of result `rank` of query `query` in a batch this stage ran: its
+    /// [`RerankConfig::top_contributions`] strongest sources (see [`explain`]). Empty when
+    /// the rank or query is out of range.
+    pub fn explain(&self, batch: &Batch<Cpu>, query: usize, rank: usize) -> Explanation {
+        let (Some(notes), true) = (batch.notes.get(query), rank < batch.results) else {
+            return Explanation::default();
+        };
+        let start = (query * batch.results + rank) * batch.slots;
+        let weights = batch
+            .result_attributions
+            .get(start..start + batch.slots)
+            .unwrap_or(&[]);
+        explain(&notes.sources, weights, self.config.top_contributions)
     }
 
     /// Bytes of the projected item and phrase tables the stage holds (zero with the
@@ -628,4 +644,29 @@ impl QueryKernel<'_> {
 /// `out = scale * x`.
 fn scale_into(out: &mut [f32], x: &[f32], scale: f32) {
     out.iter_mut().zip(x).for_each(|(o, x)| *o = scale * x);
+}
+
+/// The `top` strongest sources of one result: `weights[s]` is the attribution of
+/// `sources[s]` (a row of `result_attributions`, possibly longer than `sources`, as a
+/// batch pads its slots). Largest first, ties by slot; sources with zero weight are left
+/// out, so a result without sources has an empty explanation.
+pub fn explain(sources: &[Source], weights: &[f32], top: usize) -> Explanation {
+    let mut slots: Vec<(usize, f32)> = weights
+        .iter()
+        .copied()
+        .enumerate()
+        .take(sources.len())
+        .filter(|&(_, weight)| weight > 0.0)
+        .collect();
+    slots.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Explanation {
+        contributions: slots
+            .into_iter()
+            .take(top)
+            .map(|(slot, weight)| Contribution {
+                source: sources[slot].clone(),
+                weight,
+            })
+            .collect(),
+    }
 }

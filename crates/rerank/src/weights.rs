@@ -131,7 +131,7 @@ impl RerankWeights {
     /// Checks that the weights fit embeddings of width `dim` split into `heads` heads: the
     /// shapes, finiteness, and the ranges of the two shares.
     pub fn validate(&self, dim: usize, heads: usize) -> Result<(), RerankError> {
-        if dim == 0 || heads == 0 || dim % heads != 0 {
+        if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) {
             return Err(RerankError::InvalidConfig(format!(
                 "{heads} heads must be at least one and divide the width {dim}"
             )));

@@ -13,7 +13,7 @@ use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, SharedUsers, U
 use hyperrec_rerank::weights::{CONTEXT_SHARE, Q_PROJ};
 use hyperrec_rerank::{
     AttentionRerank, ContextVocabulary, RerankConfig, RerankError, RerankWeights, ScoreMix,
-    time_of_day_phrase,
+    explain, time_of_day_phrase,
 };
 use hyperrec_stage::{
     Batch, Context, Cpu, Request, Social, Source, Stage, StageError, TimeOfDay, UserId,
@@ -674,8 +674,48 @@ fn explanations_point_at_the_sources_a_candidate_resembles() {
                 Source::HistoryItem(item - 10),
                 "item {item}: {weights:?} (seed {seed})"
             );
+            let explanation = stage.explain(&batch, 0, rank);
+            assert_eq!(explanation.contributions.len(), 3);
+            assert_eq!(
+                explanation.contributions[0].source,
+                Source::HistoryItem(item - 10)
+            );
+            assert_eq!(
+                explanation.contributions[0].weight,
+                weights[(item - 20) as usize]
+            );
         }
     }
+    assert!(stage.explain(&batch, 1, 0).contributions.is_empty());
+    assert!(stage.explain(&batch, 0, 11).contributions.is_empty());
+}
+
+#[test]
+fn explain_keeps_the_strongest_nonzero_slots() {
+    let sources = [
+        Source::HistoryItem(4),
+        Source::HistoryItem(9),
+        Source::Context("watching alone".into()),
+    ];
+    // A padded row: the fourth weight belongs to no source.
+    let explanation = explain(&sources, &[0.2, 0.0, 0.2, 0.6], 3);
+    let got: Vec<(Source, f32)> = explanation
+        .contributions
+        .into_iter()
+        .map(|c| (c.source, c.weight))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Source::HistoryItem(4), 0.2),
+            (Source::Context("watching alone".into()), 0.2)
+        ]
+    );
+    assert!(explain(&[], &[], 3).contributions.is_empty());
+    assert_eq!(
+        explain(&sources, &[0.5, 0.3, 0.2], 1).contributions.len(),
+        1
+    );
 }
 
 #[test]
