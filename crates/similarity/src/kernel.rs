@@ -6,10 +6,10 @@
 //! tiled or how many queries shared a block: batch scoring, [`crate::score_all`] and the
 //! naive loops in tests agree bit for bit on the same machine.
 //!
-//! The loops are written over fixed `[f32; LANES]` accumulators so LLVM vectorizes them.
-//! On x86-64 CPUs with AVX2 and FMA (detected once at run time) the same code is compiled a
-//! second time with those features enabled and fused multiply-adds; the portable version
-//! (SSE2 on x86-64, NEON on aarch64) is used otherwise.
+//! On x86-64 CPUs with AVX2 and FMA (detected once at run time) each pair accumulates in one
+//! AVX2 register with fused multiply-adds; elsewhere portable loops over fixed
+//! `[f32; LANES]` accumulators, which LLVM vectorizes for the build target, do the same
+//! arithmetic without fusion. One process always uses one of the two.
 
 use std::sync::OnceLock;
 
@@ -36,10 +36,32 @@ fn tail<const FMA: bool>(q: &[f32], x: &[f32]) -> f32 {
         .fold(0.0, |acc, (&a, &b)| madd::<FMA>(a, b, acc))
 }
 
-/// Dot products of `Q` queries with `I` items at once: every loaded query chunk is used
-/// `I` times and every item chunk `Q` times, which keeps the kernel off the load ports.
+/// How a block shape computes its `Q x I` dot products; see [`Portable`] and [`Avx2Fma`].
+trait DotKernel {
+    /// Dot products of `Q` queries with `I` items at once: every loaded query chunk is used
+    /// `I` times and every item chunk `Q` times, which keeps the kernel off the load ports.
+    /// Every slice holds the same number of values.
+    fn dots<const Q: usize, const I: usize>(
+        queries: [&[f32]; Q],
+        items: [&[f32]; I],
+    ) -> [[f32; I]; Q];
+}
+
+/// Fixed-size array loops that LLVM vectorizes for the build target (SSE2 on x86-64).
+struct Portable;
+
+impl DotKernel for Portable {
+    #[inline(always)]
+    fn dots<const Q: usize, const I: usize>(
+        queries: [&[f32]; Q],
+        items: [&[f32]; I],
+    ) -> [[f32; I]; Q] {
+        portable_dots::<false, Q, I>(queries, items)
+    }
+}
+
 #[inline(always)]
-fn dots<const FMA: bool, const Q: usize, const I: usize>(
+fn portable_dots<const FMA: bool, const Q: usize, const I: usize>(
     queries: [&[f32]; Q],
     items: [&[f32]; I],
 ) -> [[f32; I]; Q] {
@@ -80,7 +102,7 @@ const ITEM_GROUP: usize = 4;
 
 /// One query against every item row of `items`: `out[j] = query · items[j]`.
 #[inline(always)]
-fn query_rows<const FMA: bool>(query: &[f32], items: &[f32], dim: usize, out: &mut [f32]) {
+fn query_rows<K: DotKernel>(query: &[f32], items: &[f32], dim: usize, out: &mut [f32]) {
     let mut rows = items.chunks_exact(dim);
     let mut outs = out.chunks_exact_mut(ITEM_GROUP);
     for group in outs.by_ref() {
@@ -89,17 +111,17 @@ fn query_rows<const FMA: bool>(query: &[f32], items: &[f32], dim: usize, out: &m
         else {
             return;
         };
-        let [r] = dots::<FMA, 1, 4>([query], [a, b, c, d]);
+        let [r] = K::dots::<1, 4>([query], [a, b, c, d]);
         group.copy_from_slice(&r);
     }
     for (o, row) in outs.into_remainder().iter_mut().zip(rows) {
-        *o = dots::<FMA, 1, 1>([query], [row])[0][0];
+        *o = K::dots::<1, 1>([query], [row])[0][0];
     }
 }
 
 /// Two queries against every item row of `items`.
 #[inline(always)]
-fn query_pair_rows<const FMA: bool>(
+fn query_pair_rows<K: DotKernel>(
     q0: &[f32],
     q1: &[f32],
     items: &[f32],
@@ -116,14 +138,14 @@ fn query_pair_rows<const FMA: bool>(
         else {
             return;
         };
-        let [r0, r1] = dots::<FMA, 2, 4>([q0, q1], [a, b, c, d]);
+        let [r0, r1] = K::dots::<2, 4>([q0, q1], [a, b, c, d]);
         g0.copy_from_slice(&r0);
         g1.copy_from_slice(&r1);
     }
     let rest0 = outs0.into_remainder();
     let rest1 = outs1.into_remainder();
     for ((o0, o1), row) in rest0.iter_mut().zip(rest1.iter_mut()).zip(rows) {
-        let [[s0], [s1]] = dots::<FMA, 2, 1>([q0, q1], [row]);
+        let [[s0], [s1]] = K::dots::<2, 1>([q0, q1], [row]);
         *o0 = s0;
         *o1 = s1;
     }
@@ -131,7 +153,7 @@ fn query_pair_rows<const FMA: bool>(
 
 /// `out[q * out_stride + j] = queries[q] · items[j]` for every query row and item row.
 #[inline(always)]
-fn block_impl<const FMA: bool>(
+fn block_impl<K: DotKernel>(
     queries: &[f32],
     items: &[f32],
     dim: usize,
@@ -144,16 +166,11 @@ fn block_impl<const FMA: bool>(
     loop {
         match (query_rows_iter.next(), out_rows.next()) {
             (Some(q0), Some(o0)) => match (query_rows_iter.next(), out_rows.next()) {
-                (Some(q1), Some(o1)) => query_pair_rows::<FMA>(
-                    q0,
-                    q1,
-                    items,
-                    dim,
-                    &mut o0[..n_items],
-                    &mut o1[..n_items],
-                ),
+                (Some(q1), Some(o1)) => {
+                    query_pair_rows::<K>(q0, q1, items, dim, &mut o0[..n_items], &mut o1[..n_items])
+                }
                 _ => {
-                    query_rows::<FMA>(q0, items, dim, &mut o0[..n_items]);
+                    query_rows::<K>(q0, items, dim, &mut o0[..n_items]);
                     return;
                 }
             },
@@ -165,11 +182,83 @@ fn block_impl<const FMA: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn block_avx2_fma(queries: &[f32], items: &[f32], dim: usize, out: &mut [f32], out_stride: usize) {
-    block_impl::<true>(queries, items, dim, out, out_stride);
+    block_impl::<Avx2Fma>(queries, items, dim, out, out_stride);
 }
 
 fn block_portable(queries: &[f32], items: &[f32], dim: usize, out: &mut [f32], out_stride: usize) {
-    block_impl::<false>(queries, items, dim, out, out_stride);
+    block_impl::<Portable>(queries, items, dim, out, out_stride);
+}
+
+/// Explicit AVX2 + FMA registers: one `__m256` accumulator per pair.
+#[cfg(target_arch = "x86_64")]
+struct Avx2Fma;
+
+#[cfg(target_arch = "x86_64")]
+impl DotKernel for Avx2Fma {
+    #[inline(always)]
+    fn dots<const Q: usize, const I: usize>(
+        queries: [&[f32]; Q],
+        items: [&[f32]; I],
+    ) -> [[f32; I]; Q] {
+        // SAFETY: `Avx2Fma` is only used by `block_avx2_fma`, which `dot_block` calls only
+        // after detecting AVX2 and FMA on this CPU.
+        unsafe { avx2::dots::<Q, I>(queries, items) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, tail};
+
+    /// Sum of the lanes in the order of [`super::reduce`].
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn reduce(v: __m256) -> f32 {
+        let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn dots<const Q: usize, const I: usize>(
+        queries: [&[f32]; Q],
+        items: [&[f32]; I],
+    ) -> [[f32; I]; Q] {
+        let dim = queries[0].len();
+        let body = dim - dim % LANES;
+        debug_assert!(
+            queries.iter().all(|q| q.len() == dim) && items.iter().all(|x| x.len() == dim)
+        );
+        let mut acc = [[_mm256_setzero_ps(); I]; Q];
+        let mut c = 0;
+        while c < body {
+            let mut q_lanes = [_mm256_setzero_ps(); Q];
+            for (lanes, query) in q_lanes.iter_mut().zip(&queries) {
+                // SAFETY: `query` holds `dim >= c + LANES` values, see the item loads below.
+                *lanes = unsafe { _mm256_loadu_ps(query.as_ptr().add(c)) };
+            }
+            for ii in 0..I {
+                // SAFETY: every slice holds `dim >= c + LANES` values (all rows come from
+                // `chunks_exact(dim)`), so each 8-wide unaligned load stays in bounds.
+                let x = unsafe { _mm256_loadu_ps(items[ii].as_ptr().add(c)) };
+                for qi in 0..Q {
+                    acc[qi][ii] = _mm256_fmadd_ps(q_lanes[qi], x, acc[qi][ii]);
+                }
+            }
+            c += LANES;
+        }
+        let mut out = [[0.0f32; I]; Q];
+        for qi in 0..Q {
+            for ii in 0..I {
+                out[qi][ii] =
+                    reduce(acc[qi][ii]) + tail::<true>(&queries[qi][body..], &items[ii][body..]);
+            }
+        }
+        out
+    }
 }
 
 /// Instruction set the kernels run with, detected once per process.
@@ -254,6 +343,20 @@ mod tests {
                     "q {q} item {j}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn portable_and_detected_kernels_agree() {
+        let dim = 384;
+        let queries: Vec<f32> = (0..3 * dim).map(|i| ((i * 29 % 17) as f32 - 8.0) * 0.05).collect();
+        let items: Vec<f32> = (0..9 * dim).map(|i| ((i * 41 % 19) as f32 - 9.0) * 0.04).collect();
+        let mut detected = vec![0.0; 3 * 9];
+        let mut portable = vec![0.0; 3 * 9];
+        dot_block(&queries, &items, dim, &mut detected, 9);
+        block_portable(&queries, &items, dim, &mut portable, 9);
+        for (j, (a, b)) in detected.iter().zip(&portable).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "pair {j}: {a} vs {b}");
         }
     }
 }
