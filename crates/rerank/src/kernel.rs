@@ -19,9 +19,16 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
             lanes[lane] += x[lane] * y[lane];
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+    // Halving tree: lanes 0-3 plus 4-7, then pairs. This order maps onto two 4-wide
+    // registers added lane-wise; other orders made the compiler shuffle inside the loop.
+    let mut width = lanes.len();
+    while width > 1 {
+        width /= 2;
+        for lane in 0..width {
+            lanes[lane] += lanes[lane + width];
+        }
+    }
+    lanes[0] + tail
 }
 
 /// `out = matrix * x` for a row-major `[out.len(), x.len()]` matrix.
