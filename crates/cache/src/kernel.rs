@@ -350,14 +350,21 @@ mod tests {
     #[test]
     fn portable_and_detected_kernels_agree() {
         let dim = 384;
-        let queries: Vec<f32> = (0..3 * dim).map(|i| ((i * 29 % 17) as f32 - 8.0) * 0.05).collect();
-        let items: Vec<f32> = (0..9 * dim).map(|i| ((i * 41 % 19) as f32 - 9.0) * 0.04).collect();
+        let queries: Vec<f32> = (0..3 * dim)
+            .map(|i| ((i * 29 % 17) as f32 - 8.0) * 0.05)
+            .collect();
+        let items: Vec<f32> = (0..9 * dim)
+            .map(|i| ((i * 41 % 19) as f32 - 9.0) * 0.04)
+            .collect();
         let mut detected = vec![0.0; 3 * 9];
         let mut portable = vec![0.0; 3 * 9];
         dot_block(&queries, &items, dim, &mut detected, 9);
         block_portable(&queries, &items, dim, &mut portable, 9);
         for (j, (a, b)) in detected.iter().zip(&portable).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "pair {j}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "pair {j}: {a} vs {b}"
+            );
         }
     }
 }

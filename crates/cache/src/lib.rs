@@ -425,10 +425,12 @@ pub struct TemporalCache {
     history_len: usize,
     history_weight: f32,
     item_index: Option<HashMap<ItemId, ItemIndex>>,
-    /// Scratch of one request's history term: hot rows with their weights, and the items
-    /// to compute with theirs.
+    /// Scratch of a batch's history terms: hot rows with their weights (request `q`'s in
+    /// `hit_rows[hit_offsets[q]..hit_offsets[q + 1]]`), and the items whose rows must be
+    /// computed, with their request and weight.
     hit_rows: Vec<(usize, f32)>,
-    miss_items: Vec<(ItemIndex, f32)>,
+    hit_offsets: Vec<usize>,
+    miss_items: Vec<(usize, ItemIndex, f32)>,
 }
 
 impl TemporalCache {
@@ -503,6 +505,7 @@ impl TemporalCache {
             history_weight: config.history_weight,
             item_index,
             hit_rows: Vec::new(),
+            hit_offsets: Vec::new(),
             miss_items: Vec::new(),
         })
     }
@@ -548,14 +551,13 @@ impl Stage<Cpu> for TemporalCache {
             return Ok(());
         }
         batch.item_prior.resize(n * n_items, 0.0);
+        batch.item_prior.fill(0.0);
         let table = shared.table.load_full();
-        let (mut hits, mut misses) = (0u64, 0u64);
-        for (notes, prior) in batch
-            .notes
-            .iter()
-            .zip(batch.item_prior.chunks_exact_mut(n_items))
-        {
-            prior.fill(0.0);
+        self.hit_rows.clear();
+        self.miss_items.clear();
+        self.hit_offsets.clear();
+        for (q, notes) in batch.notes.iter().enumerate() {
+            self.hit_offsets.push(self.hit_rows.len());
             let Some(user) = personal(notes) else {
                 continue;
             };
@@ -564,8 +566,6 @@ impl Stage<Cpu> for TemporalCache {
                 continue;
             }
             let scale = self.history_weight / recent.len() as f32;
-            self.hit_rows.clear();
-            self.miss_items.clear();
             for entry in recent {
                 if entry.item as usize >= n_items {
                     return Err(StageError::UnknownItem(entry.item));
@@ -575,27 +575,43 @@ impl Stage<Cpu> for TemporalCache {
                     continue;
                 }
                 match table.slot_of[entry.item as usize] {
-                    u32::MAX => self.miss_items.push((entry.item, weight)),
+                    u32::MAX => self.miss_items.push((q, entry.item, weight)),
                     slot => self.hit_rows.push((slot as usize, weight)),
                 }
             }
-            hits += self.hit_rows.len() as u64;
-            misses += self.miss_items.len() as u64;
-            shared.provider.accumulate(&self.miss_items, prior);
-            let hit_rows = &self.hit_rows;
-            prior
-                .par_chunks_mut(PRIOR_CHUNK)
-                .enumerate()
-                .for_each(|(chunk, out)| {
-                    let start = chunk * PRIOR_CHUNK;
-                    for &(slot, weight) in hit_rows {
-                        let row = &table.slot_row(slot)[start..start + out.len()];
-                        for (o, r) in out.iter_mut().zip(row) {
-                            *o += weight * r;
-                        }
-                    }
-                });
         }
+        self.hit_offsets.push(self.hit_rows.len());
+        let (hits, misses) = (self.hit_rows.len() as u64, self.miss_items.len() as u64);
+
+        // Misses: rows computed by the source, all requests in one pass where it can.
+        shared
+            .provider
+            .accumulate_rows(&self.miss_items, &mut batch.item_prior, n_items);
+        // Hits: weighted hot rows, summed per column chunk so each chunk of a row is read
+        // while its output chunk is in cache.
+        let (hit_rows, hit_offsets) = (&self.hit_rows, &self.hit_offsets);
+        batch
+            .item_prior
+            .par_chunks_mut(n_items)
+            .enumerate()
+            .for_each(|(q, prior)| {
+                let request_hits = &hit_rows[hit_offsets[q]..hit_offsets[q + 1]];
+                if request_hits.is_empty() {
+                    return;
+                }
+                prior
+                    .par_chunks_mut(PRIOR_CHUNK)
+                    .enumerate()
+                    .for_each(|(chunk, out)| {
+                        let start = chunk * PRIOR_CHUNK;
+                        for &(slot, weight) in request_hits {
+                            let row = &table.slot_row(slot)[start..start + out.len()];
+                            for (o, r) in out.iter_mut().zip(row) {
+                                *o += weight * r;
+                            }
+                        }
+                    });
+            });
         shared.hits.fetch_add(hits, Ordering::Relaxed);
         shared.misses.fetch_add(misses, Ordering::Relaxed);
         Ok(())

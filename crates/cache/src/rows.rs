@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use hyperrec_catalog::ItemEmbeddings;
@@ -48,6 +49,28 @@ pub trait RowProvider: Send + Sync {
             }
         }
     }
+
+    /// [`RowProvider::accumulate`] for a batch: `out` is row-major `[rows, n_items]` and
+    /// each entry `(r, item, weight)` adds `weight * row(item)` into output row `r`.
+    /// Entries come grouped by `r`, ascending. The default accumulates row by row.
+    fn accumulate_rows(
+        &self,
+        weighted: &[(usize, ItemIndex, f32)],
+        out: &mut [f32],
+        n_items: usize,
+    ) {
+        let mut group: Vec<(ItemIndex, f32)> = Vec::new();
+        let mut rest = weighted;
+        while let Some(&(row, _, _)) = rest.first() {
+            let len = rest.iter().take_while(|entry| entry.0 == row).count();
+            group.clear();
+            group.extend(rest[..len].iter().map(|&(_, item, weight)| (item, weight)));
+            if let Some(out_row) = out.get_mut(row * n_items..(row + 1) * n_items) {
+                self.accumulate(&group, out_row);
+            }
+            rest = &rest[len..];
+        }
+    }
 }
 
 impl<F> RowProvider for F
@@ -80,6 +103,7 @@ impl RowSource {
         match self {
             RowSource::Embedding => Arc::new(EmbeddingRows {
                 items: items.clone(),
+                scratch: Mutex::new(BatchScratch::default()),
             }),
             RowSource::Custom(provider) => provider.clone(),
         }
@@ -104,6 +128,19 @@ const ITEM_BLOCK: usize = 256;
 /// Rows of cosine similarity between item embeddings.
 pub(crate) struct EmbeddingRows {
     pub(crate) items: Arc<ItemEmbeddings>,
+    /// Scratch of [`RowProvider::accumulate_rows`]: combined vectors and score tiles, kept
+    /// across batches (one stage uses it at a time, so the lock is uncontended).
+    pub(crate) scratch: Mutex<BatchScratch>,
+}
+
+#[derive(Default)]
+pub(crate) struct BatchScratch {
+    /// Output rows that have entries, ascending.
+    rows: Vec<usize>,
+    /// `[rows.len(), dim]` weighted sums of embeddings.
+    combined: Vec<f32>,
+    /// Scores in item-block-major tiles: block `b` holds `[rows.len(), width_b]`.
+    tiles: Vec<f32>,
 }
 
 impl RowProvider for EmbeddingRows {
@@ -166,6 +203,64 @@ impl RowProvider for EmbeddingRows {
                 kernel::dot_block(&combined, item_block, dim, scores, scores.len());
                 for (o, s) in out_block.iter_mut().zip(scores.iter()) {
                     *o += s;
+                }
+            });
+    }
+
+    /// One pass over the items for the whole batch: the combined vectors of all output
+    /// rows are scored against each block of items while it is in cache.
+    fn accumulate_rows(
+        &self,
+        weighted: &[(usize, ItemIndex, f32)],
+        out: &mut [f32],
+        n_items: usize,
+    ) {
+        let dim = self.items.dim();
+        if weighted.is_empty() || n_items != self.items.len() || n_items == 0 {
+            return;
+        }
+        let mut guard = self.scratch.lock();
+        let BatchScratch {
+            rows,
+            combined,
+            tiles,
+        } = &mut *guard;
+        rows.clear();
+        combined.clear();
+        for &(row, item, weight) in weighted {
+            if rows.last() != Some(&row) {
+                rows.push(row);
+                combined.resize(combined.len() + dim, 0.0);
+            }
+            let start = combined.len() - dim;
+            for (c, x) in combined[start..].iter_mut().zip(self.items.row(item)) {
+                *c += weight * x;
+            }
+        }
+        let m = rows.len();
+        tiles.resize(m * n_items, 0.0);
+        let queries = &*combined;
+        tiles
+            .par_chunks_mut(ITEM_BLOCK * m)
+            .zip(self.items.as_slice().par_chunks(ITEM_BLOCK * dim))
+            .for_each(|(tile, item_block)| {
+                let width = item_block.len() / dim;
+                kernel::dot_block(queries, item_block, dim, tile, width);
+            });
+        let rows = &*rows;
+        let tiles = &*tiles;
+        out.par_chunks_mut(n_items)
+            .enumerate()
+            .for_each(|(row, out_row)| {
+                let Ok(r) = rows.binary_search(&row) else {
+                    return;
+                };
+                for (block, out_block) in out_row.chunks_mut(ITEM_BLOCK).enumerate() {
+                    let width = out_block.len();
+                    let tile = &tiles[block * ITEM_BLOCK * m + r * width..][..width];
+                    for (o, t) in out_block.iter_mut().zip(tile) {
+                        *o += t;
+                    }
                 }
             });
     }

@@ -558,3 +558,40 @@ fn invalid_settings_are_rejected() {
         Err(CacheError::InvalidHistoryWeight(_))
     ));
 }
+
+#[test]
+fn embedding_accumulate_paths_equal_weighted_row_sums() {
+    let (fx, mut rng) = fixture(700, 24, 1);
+    let provider = RowSource::Embedding.provider(&fx.items);
+    let weighted: Vec<(usize, ItemIndex, f32)> = [0usize, 0, 2, 2, 2, 3]
+        .iter()
+        .map(|&r| (r, rng.random_range(0..700), rng.random_range(-1.0f32..1.0)))
+        .collect();
+    let mut batched = vec![0.5f32; 4 * 700];
+    provider.accumulate_rows(&weighted, &mut batched, 700);
+    let mut row = vec![0.0f32; 700];
+    for r in 0..4 {
+        let entries: Vec<(ItemIndex, f32)> = weighted
+            .iter()
+            .filter(|e| e.0 == r)
+            .map(|e| (e.1, e.2))
+            .collect();
+        let mut single = vec![0.5f32; 700];
+        provider.accumulate(&entries, &mut single);
+        let mut naive = vec![0.5f64; 700];
+        for &(item, weight) in &entries {
+            provider.row(item, &mut row);
+            for (n, x) in naive.iter_mut().zip(&row) {
+                *n += weight as f64 * *x as f64;
+            }
+        }
+        for j in 0..700 {
+            let (b, s, n) = (batched[r * 700 + j] as f64, single[j] as f64, naive[j]);
+            assert!(
+                (b - n).abs() < 1e-5 && (s - n).abs() < 1e-5,
+                "seed {} row {r} item {j}: {b} {s} {n}",
+                fx.seed
+            );
+        }
+    }
+}
