@@ -43,6 +43,16 @@
 //! weighted similarity of the candidate to the user's history and context, and retrieval
 //! keeps weight 1 against 0.2 for attention.
 //!
+//! # For the GPU port and the trainer
+//!
+//! The CPU stage applies trained (non-identity) projections to every item once at
+//! construction and looks rows up per query; with the untrained weights it uses the item
+//! rows as they are and, since values and keys then coincide up to a per-slot factor, reuses
+//! the logit products for the value products. Both are evaluation orders of the formula
+//! above, not changes to it. A trainer (candle-nn) reproduces the formula with the tensor
+//! names of [`weights`]; `query_fused_mix` and `context_share` must stay in [0, 1] (train
+//! them through a sigmoid), and `history_gate` starts at `(0, 1)`.
+//!
 //! # Cold start
 //!
 //! An unknown user (`notes[i].user == None`) or one with an empty history attends over the

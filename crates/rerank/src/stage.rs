@@ -17,6 +17,7 @@ const NO_ITEM: u32 = u32::MAX;
 
 /// Sizes of the rerank.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RerankConfig {
     /// Top-C retrieval candidates reranked per query. A batch asking for more results than
     /// this reranks that many instead, so every returned item is scored the same way.

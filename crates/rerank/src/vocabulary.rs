@@ -5,7 +5,7 @@
 //! the pipeline encodes every phrase of [`ContextVocabulary::all_phrases`] once at start-up
 //! and builds the vocabulary from them. Phrases are whole sentences rather than bare labels
 //! ("watching in the evening", not "evening") because a sentence encoder places full
-//! sentences more reliably, and "<genre> movies" is the same wording the evaluation queries
+//! sentences more reliably, and `"<genre> movies"` is the same wording the evaluation queries
 //! use. A genre hint outside the catalog's genres has no embedding yet: the stage skips it
 //! (it never fails a request for it), and the pipeline can encode it and
 //! [`ContextVocabulary::insert`] it before the batch runs ([`ContextVocabulary::missing_for`]).
@@ -36,7 +36,7 @@ pub fn social_phrase(social: Social) -> &'static str {
     }
 }
 
-/// The phrase of a genre hint or catalog genre name: `"<genre> movies"`, lower-case and
+/// The phrase of a genre hint or catalog genre name: ``"<genre> movies"``, lower-case and
 /// trimmed. `None` for an empty name and for MovieLens' `(no genres listed)` placeholder.
 pub fn genre_phrase(genre: &str) -> Option<String> {
     usable_genre(genre).map(|genre| format!("{} movies", genre.to_lowercase()))
@@ -244,7 +244,7 @@ impl ContextVocabulary {
     }
 
     /// The phrases describing `context`, in slot order: time of day, then alone/group, then
-    /// one `"<genre> movies"` per distinct genre hint (in the order given). Companions imply
+    /// one ``"<genre> movies"`` per distinct genre hint (in the order given). Companions imply
     /// a group, whatever `social` says; an empty context has no phrases.
     pub fn phrases_for(context: &Context) -> Vec<String> {
         let mut phrases = Vec::new();
