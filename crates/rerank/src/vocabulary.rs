@@ -36,7 +36,7 @@ pub fn social_phrase(social: Social) -> &'static str {
     }
 }
 
-/// The phrase of a genre hint or catalog genre name: ``"<genre> movies"``, lower-case and
+/// The phrase of a genre hint or catalog genre name: `"<genre> movies"`, lower-case and
 /// trimmed. `None` for an empty name and for MovieLens' `(no genres listed)` placeholder.
 pub fn genre_phrase(genre: &str) -> Option<String> {
     usable_genre(genre).map(|genre| format!("{} movies", genre.to_lowercase()))
@@ -244,7 +244,7 @@ impl ContextVocabulary {
     }
 
     /// The phrases describing `context`, in slot order: time of day, then alone/group, then
-    /// one ``"<genre> movies"`` per distinct genre hint (in the order given). Companions imply
+    /// one `"<genre> movies"` per distinct genre hint (in the order given). Companions imply
     /// a group, whatever `social` says; an empty context has no phrases.
     pub fn phrases_for(context: &Context) -> Vec<String> {
         let mut phrases = Vec::new();
