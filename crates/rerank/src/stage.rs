@@ -1,3 +1,4 @@
+use std::ops::Range;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -276,55 +277,89 @@ impl Stage<Cpu> for AttentionRerank {
             slots,
         };
 
-        // Queries cost about the same, so one contiguous chunk per thread balances well and
-        // lets each chunk keep its scratch across batches.
-        let per_chunk = n.div_ceil(rayon::current_num_threads().max(1));
-        let chunks = n.div_ceil(per_chunk);
-        if self.scratch.len() < chunks {
-            self.scratch.resize_with(chunks, QueryScratch::default);
+        let output = QueryOutput {
+            ids: &mut batch.result_ids,
+            scores: &mut batch.result_scores,
+            retrieval: &mut batch.result_retrieval_scores,
+            attributions: &mut batch.result_attributions,
+        };
+        let threads = rayon::current_num_threads().max(1);
+        if n < threads {
+            rerank_split(&kernel, &mut self.scratch, threads, output);
+        } else {
+            rerank_by_query(&kernel, &mut self.scratch, threads, output);
         }
-        let mut jobs = Vec::with_capacity(chunks);
-        let mut ids = batch.result_ids.as_mut_slice();
-        let mut scores = batch.result_scores.as_mut_slice();
-        let mut retrieval = batch.result_retrieval_scores.as_mut_slice();
-        let mut attributions = batch.result_attributions.as_mut_slice();
-        for (chunk, scratch) in self.scratch.iter_mut().take(chunks).enumerate() {
-            let first = chunk * per_chunk;
-            let count = per_chunk.min(n - first);
-            let (chunk_ids, rest_ids) = ids.split_at_mut(count * results);
-            let (chunk_scores, rest_scores) = scores.split_at_mut(count * results);
-            let (chunk_retrieval, rest_retrieval) = retrieval.split_at_mut(count * results);
-            let (chunk_attr, rest_attr) = attributions.split_at_mut(count * results * slots);
-            (ids, scores, retrieval, attributions) =
-                (rest_ids, rest_scores, rest_retrieval, rest_attr);
-            jobs.push((
-                first..first + count,
-                scratch,
-                QueryOutput {
-                    ids: chunk_ids,
-                    scores: chunk_scores,
-                    retrieval: chunk_retrieval,
-                    attributions: chunk_attr,
-                },
-            ));
-        }
-        jobs.into_par_iter().for_each(|(queries, scratch, output)| {
+        Ok(())
+    }
+}
+/// Fewest candidates worth a parallel part of their own.
+const MIN_CANDIDATES_PER_PART: usize = 16;
+
+/// Large batches: one contiguous chunk of queries per thread. Queries cost about the same,
+/// so this balances well and lets each chunk keep its scratch across batches.
+fn rerank_by_query(
+    kernel: &QueryKernel<'_>,
+    scratch: &mut Vec<QueryScratch>,
+    threads: usize,
+    output: QueryOutput<'_>,
+) {
+    let n = kernel.notes.len();
+    let per_chunk = n.div_ceil(threads);
+    let chunks = n.div_ceil(per_chunk);
+    if scratch.len() < chunks {
+        scratch.resize_with(chunks, QueryScratch::default);
+    }
+    let mut jobs = Vec::with_capacity(chunks);
+    let mut rest = output;
+    for (chunk, scratch) in scratch.iter_mut().take(chunks).enumerate() {
+        let first = chunk * per_chunk;
+        let count = per_chunk.min(n - first);
+        let (rows, after) = rest.split_queries(count, kernel.results, kernel.slots);
+        rest = after;
+        jobs.push((first..first + count, scratch, rows));
+    }
+    jobs.into_par_iter()
+        .for_each(|(queries, scratch, mut rows)| {
             for (offset, query) in queries.enumerate() {
-                let rows = offset * results..(offset + 1) * results;
-                kernel.rerank(
-                    query,
-                    scratch,
-                    QueryOutput {
-                        ids: &mut output.ids[rows.clone()],
-                        scores: &mut output.scores[rows.clone()],
-                        retrieval: &mut output.retrieval[rows.clone()],
-                        attributions: &mut output.attributions
-                            [rows.start * slots..rows.end * slots],
-                    },
-                );
+                let out = rows.query(offset, kernel.results, kernel.slots);
+                kernel.rerank(query, scratch, out);
             }
         });
-        Ok(())
+}
+
+/// Small batches (fewer queries than threads): each query's candidates are split across
+/// the threads, so a single query still uses the whole machine. Every part prepares the
+/// query's sources itself (a copy of `slots` rows, small next to scoring its candidates).
+fn rerank_split(
+    kernel: &QueryKernel<'_>,
+    scratch: &mut Vec<QueryScratch>,
+    threads: usize,
+    mut output: QueryOutput<'_>,
+) {
+    let n = kernel.notes.len();
+    let worth = kernel.reranked.div_ceil(MIN_CANDIDATES_PER_PART).max(1);
+    let parts = (threads / n.max(1)).clamp(1, worth);
+    let per_part = kernel.reranked.div_ceil(parts);
+    if scratch.len() < parts {
+        scratch.resize_with(parts, QueryScratch::default);
+    }
+    let scratch = &mut scratch[..parts];
+    for query in 0..n {
+        scratch
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(part, scratch)| {
+                kernel.prepare(query, scratch);
+                let start = (part * per_part).min(kernel.reranked);
+                let end = ((part + 1) * per_part).min(kernel.reranked);
+                kernel.score(query, start..end, scratch);
+            });
+        let (whole, others) = scratch.split_at_mut(1);
+        for part in others.iter() {
+            QueryKernel::absorb(&mut whole[0], part);
+        }
+        let out = output.query(query, kernel.results, kernel.slots);
+        kernel.finish(&mut whole[0], out);
     }
 }
 
@@ -438,6 +473,9 @@ impl Projection {
 /// Working memory of one chunk of queries, reused across queries and batches.
 #[derive(Default)]
 struct QueryScratch {
+    /// History and context slots of the query prepared in here.
+    history: usize,
+    context: usize,
     keys: Vec<f32>,
     values: Vec<f32>,
     /// Per slot, with [`Values::FromLogits`].
@@ -461,12 +499,53 @@ struct Scored {
     score: f32,
 }
 
-/// One query's rows of the output buffers.
+/// Rows of the output buffers: one query's, or a run of queries'.
 struct QueryOutput<'a> {
     ids: &'a mut [u32],
     scores: &'a mut [f32],
     retrieval: &'a mut [f32],
     attributions: &'a mut [f32],
+}
+
+impl<'a> QueryOutput<'a> {
+    /// The rows of the first `count` queries, and those of the rest.
+    fn split_queries(
+        self,
+        count: usize,
+        results: usize,
+        slots: usize,
+    ) -> (QueryOutput<'a>, QueryOutput<'a>) {
+        let (ids, rest_ids) = self.ids.split_at_mut(count * results);
+        let (scores, rest_scores) = self.scores.split_at_mut(count * results);
+        let (retrieval, rest_retrieval) = self.retrieval.split_at_mut(count * results);
+        let (attributions, rest_attributions) =
+            self.attributions.split_at_mut(count * results * slots);
+        (
+            QueryOutput {
+                ids,
+                scores,
+                retrieval,
+                attributions,
+            },
+            QueryOutput {
+                ids: rest_ids,
+                scores: rest_scores,
+                retrieval: rest_retrieval,
+                attributions: rest_attributions,
+            },
+        )
+    }
+
+    /// The rows of query `offset` within these rows.
+    fn query(&mut self, offset: usize, results: usize, slots: usize) -> QueryOutput<'_> {
+        let rows = offset * results..(offset + 1) * results;
+        QueryOutput {
+            ids: &mut self.ids[rows.clone()],
+            scores: &mut self.scores[rows.clone()],
+            retrieval: &mut self.retrieval[rows.clone()],
+            attributions: &mut self.attributions[rows.start * slots..rows.end * slots],
+        }
+    }
 }
 
 /// Everything the per-query work reads, shared by the parallel chunks.
@@ -496,13 +575,23 @@ struct QueryKernel<'a> {
 impl QueryKernel<'_> {
     /// Reranks query `query` into `out`. Every row it reads was validated by `run`.
     fn rerank(&self, query: usize, scratch: &mut QueryScratch, out: QueryOutput<'_>) {
+        self.prepare(query, scratch);
+        self.score(query, 0..self.reranked, scratch);
+        self.finish(scratch, out);
+    }
+
+    /// Fills `scratch` with query `query`'s source keys and values (or value factors) and
+    /// its projected fused vector, and empties its scored candidates.
+    fn prepare(&self, query: usize, scratch: &mut QueryScratch) {
         let dim = self.items.dim();
         let weights = self.weights;
         let history =
             recent_history(self.users, &self.notes[query], self.history_len).unwrap_or(&[]);
         let phrase_rows =
             &self.phrase_rows[self.phrase_starts[query]..self.phrase_starts[query + 1]];
-        let slots = history.len() + phrase_rows.len();
+        scratch.history = history.len();
+        scratch.context = phrase_rows.len();
+        let slots = scratch.history + scratch.context;
 
         // Keys and gated values (or value factors) of every source slot, history first.
         scratch.keys.resize(slots * dim, 0.0);
@@ -534,32 +623,40 @@ impl QueryKernel<'_> {
                 None => scale_into(&mut scratch.values[at], value, value_scale * gate),
             }
         }
-        let sources = Sources {
-            keys: &scratch.keys,
-            history: history.len(),
-            context: phrase_rows.len(),
-        };
 
-        let beta = weights.query_fused_mix;
-        if beta != 0.0 && slots > 0 {
+        if weights.query_fused_mix != 0.0 && slots > 0 {
             scratch.fused_query.resize(dim, 0.0);
             self.query.apply(
                 &self.fused[query * dim..(query + 1) * dim],
                 &mut scratch.fused_query,
             );
         }
-
-        let first = query * self.candidates_per_query;
-        let ids = &self.candidate_ids[first..first + self.reranked];
-        let retrieval = &self.candidate_scores[first..first + self.reranked];
         scratch.candidates.clear();
         scratch.attributions.resize(self.reranked * slots, 0.0);
         scratch.head_weights.resize(self.shape.heads * slots, 0.0);
         scratch.logits.resize(slots, 0.0);
         scratch.query.resize(dim, 0.0);
+    }
+
+    /// Scores the candidates at `positions` of query `query` (prepared in `scratch`),
+    /// appending them to `scratch.candidates` and their attributions to the rows of
+    /// `scratch.attributions` at their positions.
+    fn score(&self, query: usize, positions: Range<usize>, scratch: &mut QueryScratch) {
+        let weights = self.weights;
+        let slots = scratch.history + scratch.context;
+        let sources = Sources {
+            keys: &scratch.keys,
+            history: scratch.history,
+            context: scratch.context,
+        };
+        let beta = weights.query_fused_mix;
+        let first = query * self.candidates_per_query;
+        let ids = &self.candidate_ids[first..first + self.reranked];
+        let retrieval = &self.candidate_scores[first..first + self.reranked];
         let mix = weights.score_mix;
         let inv_heads = 1.0 / self.shape.heads as f32;
-        for (position, (&item, &retrieval)) in ids.iter().zip(retrieval).enumerate() {
+        for position in positions {
+            let (item, retrieval) = (ids[position], retrieval[position]);
             if item == NO_ITEM {
                 continue;
             }
@@ -617,10 +714,25 @@ impl QueryKernel<'_> {
                 score,
             });
         }
+    }
+
+    /// Moves the candidates `part` scored, with their attribution rows, into `whole`; both
+    /// were prepared for the same query.
+    fn absorb(whole: &mut QueryScratch, part: &QueryScratch) {
+        let slots = whole.history + whole.context;
+        for candidate in &part.candidates {
+            let row = candidate.position * slots..(candidate.position + 1) * slots;
+            whole.attributions[row.clone()].copy_from_slice(&part.attributions[row]);
+            whole.candidates.push(*candidate);
+        }
+    }
+
+    /// Orders the scored candidates and writes the query's result rows.
+    fn finish(&self, scratch: &mut QueryScratch, out: QueryOutput<'_>) {
+        let slots = scratch.history + scratch.context;
         scratch
             .candidates
             .sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
-
         out.attributions.fill(0.0);
         for rank in 0..self.results {
             match scratch.candidates.get(rank) {

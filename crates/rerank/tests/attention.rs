@@ -772,10 +772,23 @@ fn output_is_deterministic_and_independent_of_the_batch() {
         })
         .collect();
     let mut stage = world.stage(config(4, 30), RerankWeights::untrained(dim, 4));
+    // The whole batch in one thread (queries in turn) and on four (chunks of queries), single
+    // queries on four threads (each query's candidates split across them): the same bits.
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool")
+    };
+    let (one_thread, four_threads) = (pool(1), pool(4));
     let mut first = batch(dim, 40, &queries);
-    stage.run(&Cpu, &mut first).expect("run");
+    one_thread
+        .install(|| stage.run(&Cpu, &mut first))
+        .expect("run");
     let mut again = batch(dim, 40, &queries);
-    stage.run(&Cpu, &mut again).expect("run again");
+    four_threads
+        .install(|| stage.run(&Cpu, &mut again))
+        .expect("run again");
     assert_eq!(first.result_ids, again.result_ids, "seed {seed}");
     assert_eq!(first.result_scores, again.result_scores, "seed {seed}");
     assert_eq!(
@@ -792,7 +805,9 @@ fn output_is_deterministic_and_independent_of_the_batch() {
             fused: query.fused.clone(),
         }];
         let mut single = batch(dim, 40, &single_query);
-        stage.run(&Cpu, &mut single).expect("single");
+        four_threads
+            .install(|| stage.run(&Cpu, &mut single))
+            .expect("single");
         assert_eq!(
             results(&single, 0),
             results(&first, at),
