@@ -143,6 +143,23 @@ pub(crate) struct BatchScratch {
     tiles: Vec<f32>,
 }
 
+impl EmbeddingRows {
+    /// `out[j] += combined · item[j]` for every item, in parallel over item blocks.
+    fn add_scores(&self, combined: &[f32], out: &mut [f32]) {
+        let dim = self.items.dim();
+        out.par_chunks_mut(ITEM_BLOCK)
+            .zip(self.items.as_slice().par_chunks(ITEM_BLOCK * dim))
+            .for_each(|(out_block, item_block)| {
+                let mut scores = [0.0f32; ITEM_BLOCK];
+                let scores = &mut scores[..out_block.len()];
+                kernel::dot_block(combined, item_block, dim, scores, scores.len());
+                for (o, s) in out_block.iter_mut().zip(scores.iter()) {
+                    *o += s;
+                }
+            });
+    }
+}
+
 impl RowProvider for EmbeddingRows {
     fn row(&self, item: ItemIndex, out: &mut [f32]) {
         let dim = self.items.dim();
@@ -195,16 +212,7 @@ impl RowProvider for EmbeddingRows {
                 *c += weight * x;
             }
         }
-        out.par_chunks_mut(ITEM_BLOCK)
-            .zip(self.items.as_slice().par_chunks(ITEM_BLOCK * dim))
-            .for_each(|(out_block, item_block)| {
-                let mut scores = [0.0f32; ITEM_BLOCK];
-                let scores = &mut scores[..out_block.len()];
-                kernel::dot_block(&combined, item_block, dim, scores, scores.len());
-                for (o, s) in out_block.iter_mut().zip(scores.iter()) {
-                    *o += s;
-                }
-            });
+        self.add_scores(&combined, out);
     }
 
     /// One pass over the items for the whole batch: the combined vectors of all output
@@ -238,6 +246,14 @@ impl RowProvider for EmbeddingRows {
             }
         }
         let m = rows.len();
+        if m == 1 {
+            // A single row needs no tiles: score straight into it.
+            let row = rows[0];
+            if let Some(out_row) = out.get_mut(row * n_items..(row + 1) * n_items) {
+                self.add_scores(combined, out_row);
+            }
+            return;
+        }
         tiles.resize(m * n_items, 0.0);
         let queries = &*combined;
         tiles

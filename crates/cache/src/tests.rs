@@ -569,6 +569,19 @@ fn embedding_accumulate_paths_equal_weighted_row_sums() {
         .collect();
     let mut batched = vec![0.5f32; 4 * 700];
     provider.accumulate_rows(&weighted, &mut batched, 700);
+    // A batch with one row takes the untiled path.
+    let only_two: Vec<(usize, ItemIndex, f32)> =
+        weighted.iter().copied().filter(|e| e.0 == 2).collect();
+    let mut single_row = vec![0.5f32; 4 * 700];
+    provider.accumulate_rows(&only_two, &mut single_row, 700);
+    for j in 0..700 {
+        assert!(
+            (single_row[2 * 700 + j] - batched[2 * 700 + j]).abs() < 1e-5,
+            "seed {} item {j}",
+            fx.seed
+        );
+        assert_eq!(single_row[3 * 700 + j], 0.5);
+    }
     let mut row = vec![0.0f32; 700];
     for r in 0..4 {
         let entries: Vec<(ItemIndex, f32)> = weighted
