@@ -390,30 +390,64 @@ impl Drop for Scheduler {
     }
 }
 
-/// Best `k` of `row` except `skip`, best first, ties by smaller index, NaN never selected.
-/// Selects with `select_nth_unstable_by` and sorts only the `k` kept.
-fn top_k_except(row: &[f32], k: usize, skip: ItemIndex) -> Vec<(ItemIndex, f32)> {
-    let mut ranked: Vec<(ItemIndex, f32)> = row
-        .iter()
-        .enumerate()
-        .map(|(j, &s)| (j as ItemIndex, s))
-        .filter(|&(j, s)| j != skip && !s.is_nan())
-        .collect();
-    let better = |a: &(ItemIndex, f32), b: &(ItemIndex, f32)| {
-        b.1.partial_cmp(&a.1)
+/// An item ranked for [`top_k_except`]; `Ord` ranks *worse* items greater, so the max-heap's
+/// top is the item to evict next.
+#[derive(Clone, Copy, Debug)]
+struct Ranked {
+    score: f32,
+    item: ItemIndex,
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // NaN never enters the heap, so `partial_cmp` is total here.
+        other
+            .score
+            .partial_cmp(&self.score)
             .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.0.cmp(&b.0))
-    };
-    let k = k.min(ranked.len());
-    if k == 0 {
-        return Vec::new();
+            .then(self.item.cmp(&other.item))
     }
-    if k < ranked.len() {
-        ranked.select_nth_unstable_by(k - 1, better);
-        ranked.truncate(k);
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
-    ranked.sort_unstable_by(better);
-    ranked
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+/// Best `k` of `row` except `skip`, best first, ties by smaller index, NaN never selected:
+/// a bounded heap over one ascending scan (a tie with the current worst loses, as it has
+/// the larger index), the same rule as the similarity stage's top-K.
+fn top_k_except(row: &[f32], k: usize, skip: ItemIndex) -> Vec<(ItemIndex, f32)> {
+    let k = k.min(row.len());
+    let mut heap = std::collections::BinaryHeap::with_capacity(k);
+    if k > 0 {
+        for (j, &score) in row.iter().enumerate() {
+            let item = j as ItemIndex;
+            if item == skip || score.is_nan() {
+                continue;
+            }
+            if heap.len() < k {
+                heap.push(Ranked { score, item });
+            } else if let Some(mut worst) = heap.peek_mut()
+                && score > worst.score
+            {
+                *worst = Ranked { score, item };
+            }
+        }
+    }
+    heap.into_sorted_vec()
+        .into_iter()
+        .map(|r| (r.item, r.score))
+        .collect()
 }
 
 /// The temporal cache stage (`"cache"`); see the crate docs.

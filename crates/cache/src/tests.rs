@@ -608,3 +608,28 @@ fn embedding_accumulate_paths_equal_weighted_row_sums() {
         }
     }
 }
+
+#[test]
+fn similar_breaks_ties_by_item_index_and_skips_nan() {
+    let (fx, _) = fixture(50, 4, 5);
+    let mut cfg = config(0);
+    cfg.source = RowSource::from_fn(|_item: ItemIndex, out: &mut [f32]| {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = match j % 3 {
+                0 => f32::NAN,
+                _ => 1.0,
+            };
+        }
+    });
+    let cache = TemporalCache::new(fx.items.clone(), fx.users.clone(), cfg).expect("valid");
+    let (similar, lookup) = cache.handle().similar(4, 6).expect("known");
+    assert_eq!(lookup, CacheLookup::Miss);
+    let ids: Vec<ItemIndex> = similar.iter().map(|s| s.0).collect();
+    assert_eq!(ids, vec![1, 2, 5, 7, 8, 10]);
+    let (all, _) = cache.handle().similar(4, 1000).expect("known");
+    assert_eq!(
+        all.len(),
+        50 - 17 - 1,
+        "every non-NaN item except the query"
+    );
+}
