@@ -45,6 +45,11 @@
 //!
 //! # For the GPU port and the trainer
 //!
+//! The CPU stage runs in parallel (rayon) over chunks of queries; a batch with fewer queries
+//! than threads splits each query's candidates across the threads instead. Either way every
+//! candidate's arithmetic is the same, so results are bit-for-bit independent of the batch
+//! and the thread count.
+//!
 //! The CPU stage applies trained (non-identity) projections to every item once at
 //! construction and looks rows up per query; with the untrained weights it uses the item
 //! rows as they are and, since values and keys then coincide up to a per-slot factor, reuses

@@ -64,7 +64,8 @@ pub struct AttentionRerank {
     phrase_rows: Vec<u32>,
     phrase_starts: Vec<usize>,
     genre_scratch: String,
-    /// One per parallel chunk of queries, kept across batches.
+    /// One per parallel worker (a chunk of queries, or a part of one query's candidates),
+    /// kept across batches so steady-state batches allocate little.
     scratch: Vec<QueryScratch>,
 }
 
@@ -470,7 +471,7 @@ impl Projection {
     }
 }
 
-/// Working memory of one chunk of queries, reused across queries and batches.
+/// Working memory of one parallel worker, reused across queries and batches.
 #[derive(Default)]
 struct QueryScratch {
     /// History and context slots of the query prepared in here.
