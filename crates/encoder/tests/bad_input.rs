@@ -7,6 +7,8 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
 use hyperrec_encoder::provision::MODEL_FILE_NAMES;
 use hyperrec_encoder::{
     DEFAULT_MODEL, Encoder, EncoderError, MAX_TEXT_CHARS, MAX_WORD_PIECES, ModelFiles,
@@ -111,9 +113,8 @@ fn model_dir_missing_a_file_names_it() {
 fn corrupt_safetensors_is_reported_with_its_path() {
     let seed = common::clock_seed();
     let real = fs::read(&common::model_files().weights).expect("read weights");
-    let garbage: Vec<u8> = (0..4096u64)
-        .map(|i| (seed.wrapping_mul(6364136223846793005).wrapping_add(i * 1442695040888963407) >> 56) as u8)
-        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let garbage: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
     let truncated = real[..real.len() / 2].to_vec();
     let mut bad_header = real[..64].to_vec();
     bad_header[..8].copy_from_slice(&u64::MAX.to_le_bytes());

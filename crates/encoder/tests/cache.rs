@@ -61,9 +61,10 @@ fn counters_track_hits_misses_and_repeats() {
     assert_eq!(batch[0], batch[1]);
     assert_eq!(batch[2], first[0]);
 
-    // Capacity 2: "romance" evicts the least recently used ("comedy").
+    // Capacity 2: "romance" evicts the least recently used key, "thriller movies" (the
+    // batch above touched it before inserting "comedy"), which then misses again.
     queries.encode(&["romance"]).expect("encode");
-    queries.encode(&["comedy"]).expect("encode");
+    queries.encode(&["thriller movies"]).expect("encode");
     let stats = queries.stats();
     assert_eq!((stats.hits, stats.misses), (3, 4));
     assert!((stats.hit_rate() - 3.0 / 7.0).abs() < 1e-12);

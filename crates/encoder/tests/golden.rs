@@ -94,10 +94,10 @@ fn word_pieces_and_embeddings_match_the_reference() {
         }
     }
     println!(
-        "golden: {} cases, min cosine {min_cosine:.8}",
+        "golden: {} cases, min cosine {min_cosine:.10}",
         golden.cases.len()
     );
-    assert!(failures.is_empty(), "min cosine {min_cosine:.8}; mismatches:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "min cosine {min_cosine:.10}; mismatches:\n{}", failures.join("\n"));
 }
 
 #[test]
