@@ -49,6 +49,11 @@ pub trait ItemItemModel: Send + Sync {
     /// Writes every catalog item's score for a user with `history` (`(item, rating)`, time
     /// order) into `out` (`[n_items]`).
     fn score_user(&self, history: &[(ItemIndex, f32)], out: &mut [f32]) -> Result<(), CollabError>;
+
+    /// Adds `sum of weight * row(item)` over `weighted` into `out` (`[n_items]`): the
+    /// temporal cache's history term, combined once instead of row by row.
+    fn accumulate(&self, weighted: &[(ItemIndex, f32)], out: &mut [f32])
+    -> Result<(), CollabError>;
 }
 
 impl ItemItemModel for ItemKnn {
@@ -64,6 +69,13 @@ impl ItemItemModel for ItemKnn {
     fn score_user(&self, history: &[(ItemIndex, f32)], out: &mut [f32]) -> Result<(), CollabError> {
         ItemKnn::score_user(self, history, out)
     }
+    fn accumulate(
+        &self,
+        weighted: &[(ItemIndex, f32)],
+        out: &mut [f32],
+    ) -> Result<(), CollabError> {
+        self.matrix().accumulate(weighted, out)
+    }
 }
 
 impl ItemItemModel for Ease {
@@ -78,5 +90,12 @@ impl ItemItemModel for Ease {
     }
     fn score_user(&self, history: &[(ItemIndex, f32)], out: &mut [f32]) -> Result<(), CollabError> {
         Ease::score_user(self, history, out)
+    }
+    fn accumulate(
+        &self,
+        weighted: &[(ItemIndex, f32)],
+        out: &mut [f32],
+    ) -> Result<(), CollabError> {
+        self.matrix().accumulate(weighted, out)
     }
 }

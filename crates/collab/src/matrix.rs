@@ -119,29 +119,44 @@ impl ItemMatrix {
     /// Writes `sum over items of row(item)` into `out` (`[n_items]`). Each distinct item
     /// counts once however often it is listed; items outside training add nothing.
     pub fn sum_rows(&self, items: &[ItemIndex], out: &mut [f32]) -> Result<(), CollabError> {
+        let mut weighted: Vec<(ItemIndex, f32)> = items.iter().map(|&i| (i, 1.0)).collect();
+        weighted.sort_unstable_by_key(|&(item, _)| item);
+        weighted.dedup_by_key(|&mut (item, _)| item);
+        out.fill(0.0);
+        self.accumulate(&weighted, out)
+    }
+
+    /// Adds `sum of weight * row(item)` over `weighted` into `out` (`[n_items]`), the
+    /// shape of the temporal cache's history term. Rows are combined over the active items
+    /// first and scattered once. Fails, leaving `out` unchanged, on an item outside the
+    /// catalog or a wrong output length.
+    pub fn accumulate(
+        &self,
+        weighted: &[(ItemIndex, f32)],
+        out: &mut [f32],
+    ) -> Result<(), CollabError> {
         self.check_output(out)?;
-        let mut rows: Vec<usize> = Vec::with_capacity(items.len());
-        for &item in items {
+        let mut rows: Vec<(usize, f32)> = Vec::with_capacity(weighted.len());
+        for &(item, weight) in weighted {
             if item as usize >= self.n_items() {
                 return Err(CollabError::ItemOutOfRange {
                     item,
                     n_items: self.n_items(),
                 });
             }
-            rows.extend(self.compact_of(item));
+            rows.extend(self.compact_of(item).map(|c| (c, weight)));
         }
-        rows.sort_unstable();
-        rows.dedup();
-
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut acc = vec![0.0f32; self.active.len()];
-        for &c in &rows {
+        for &(c, weight) in &rows {
             for (a, &w) in acc.iter_mut().zip(self.compact_row(c)) {
-                *a += w;
+                *a += weight * w;
             }
         }
-        out.fill(0.0);
         for (&target, &score) in self.active.iter().zip(&acc) {
-            out[target as usize] = score;
+            out[target as usize] += score;
         }
         Ok(())
     }

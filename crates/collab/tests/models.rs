@@ -230,3 +230,50 @@ fn bad_arguments_are_errors_not_panics() {
     ease.score_user(&[(0, 5.0)], &mut scores).expect("scores");
     assert_eq!(scores, vec![0.0; 3]);
 }
+
+#[test]
+fn accumulate_adds_weighted_rows_to_what_is_there() {
+    let seed = clock_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n_items = 22;
+    let histories = random_histories(&mut rng, 18, n_items);
+    let interactions = table(&histories, n_items);
+    let models: [Box<dyn ItemItemModel>; 2] = [
+        Box::new(ItemKnn::fit(&interactions).expect("fit")),
+        Box::new(Ease::fit(&interactions, 5.0).expect("fit")),
+    ];
+    for model in &models {
+        // Includes an item outside training (n_items - 1), which adds nothing.
+        let weighted: Vec<(u32, f32)> = (0..4)
+            .map(|_| {
+                (
+                    rng.random_range(0..n_items as u32),
+                    rng.random_range(-2.0..2.0),
+                )
+            })
+            .chain([((n_items - 1) as u32, 3.0)])
+            .collect();
+        let start: Vec<f32> = (0..n_items).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut expected = start.clone();
+        let mut row = vec![0.0f32; n_items];
+        for &(item, weight) in &weighted {
+            model.row(item, &mut row).expect("row");
+            expected
+                .iter_mut()
+                .zip(&row)
+                .for_each(|(e, r)| *e += weight * r);
+        }
+        let mut out = start.clone();
+        model.accumulate(&weighted, &mut out).expect("accumulate");
+        for (item, (o, e)) in out.iter().zip(&expected).enumerate() {
+            assert!(
+                close(*o, *e, 1e-5),
+                "seed {seed}, {}: item {item}: {o} vs {e}",
+                model.name()
+            );
+        }
+        let mut unchanged = start.clone();
+        assert!(model.accumulate(&[(99, 1.0)], &mut unchanged).is_err());
+        assert_eq!(unchanged, start, "a failed accumulate leaves out unchanged");
+    }
+}

@@ -117,28 +117,43 @@ pub struct Baselines {
     pub fits: Vec<FitTiming>,
 }
 
+/// Names of the baselines, in report order.
+pub const BASELINE_NAMES: [&str; 4] = ["popularity", "genre_popularity", "item_knn", "ease"];
+
 /// Fits the collaborative models on the training part (item-kNN, and EASE with
-/// [`Ease::DEFAULT_LAMBDA`]) and returns the four baselines.
-pub fn fit_baselines(view: &TrainingView<'_>) -> Result<Baselines, CollabError> {
-    let start = Instant::now();
-    let knn = ItemKnn::fit(view.interactions())?;
-    let knn_fit = FitTiming {
-        name: "item_knn".to_string(),
-        seconds: start.elapsed().as_secs_f64(),
+/// [`Ease::DEFAULT_LAMBDA`]) and returns the baselines whose name `wanted` accepts, in
+/// report order; models of unwanted baselines are not fitted.
+pub fn fit_baselines(
+    view: &TrainingView<'_>,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Baselines, CollabError> {
+    let mut baselines = Baselines {
+        variants: Vec::new(),
+        fits: Vec::new(),
     };
-    let start = Instant::now();
-    let ease_model = Ease::fit(view.interactions(), Ease::DEFAULT_LAMBDA)?;
-    let ease_fit = FitTiming {
-        name: "ease".to_string(),
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    Ok(Baselines {
-        variants: vec![
-            Box::new(popularity()),
-            Box::new(genre_popularity()),
-            Box::new(item_knn(knn)),
-            Box::new(ease(ease_model)),
-        ],
-        fits: vec![knn_fit, ease_fit],
-    })
+    if wanted("popularity") {
+        baselines.variants.push(Box::new(popularity()));
+    }
+    if wanted("genre_popularity") {
+        baselines.variants.push(Box::new(genre_popularity()));
+    }
+    if wanted("item_knn") {
+        let start = Instant::now();
+        let model = ItemKnn::fit(view.interactions())?;
+        baselines.fits.push(FitTiming {
+            name: "item_knn".to_string(),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        baselines.variants.push(Box::new(item_knn(model)));
+    }
+    if wanted("ease") {
+        let start = Instant::now();
+        let model = Ease::fit(view.interactions(), Ease::DEFAULT_LAMBDA)?;
+        baselines.fits.push(FitTiming {
+            name: "ease".to_string(),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        baselines.variants.push(Box::new(ease(model)));
+    }
+    Ok(baselines)
 }

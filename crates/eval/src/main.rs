@@ -24,7 +24,7 @@ struct Args {
     /// Where eval.json and eval.md go. Default: target/eval in the workspace.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these variants (comma-separated names).
+    /// Run only these variants (comma-separated names, e.g. `--only item_knn,ease`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -55,16 +55,15 @@ fn main() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    let Baselines { variants, fits } = fit_baselines(&view)?;
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
+    let Baselines { variants, fits } = fit_baselines(&view, wanted)?;
     for fit in &fits {
         eprintln!("fit {}: {:.1} s", fit.name, fit.seconds);
     }
 
     let mut reports = Vec::new();
-    for variant in variants
-        .iter()
-        .filter(|v| args.only.is_empty() || args.only.iter().any(|n| n == v.name()))
-    {
+    // Pipeline variants join here, after the baselines, as more `Box<dyn Variant>`s.
+    for variant in variants.iter().filter(|v| wanted(v.name())) {
         let report = evaluate(&view, &queries, variant.as_ref())?;
         eprintln!(
             "{:<22} NDCG@10 {:.4}  recall@10 {:.4}  HR@10 {:.4}  MRR@10 {:.4}  ({} queries, {:.1} s)",
