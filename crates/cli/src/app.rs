@@ -6,7 +6,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use hyperrec_catalog::movielens::{self, LoadOptions};
-use hyperrec_encoder::{DEFAULT_MODEL, Encoder, QueryEncoder, resolve_model};
+use std::num::NonZeroUsize;
+
+use hyperrec_encoder::{
+    DEFAULT_MODEL, DEFAULT_QUERY_CACHE_CAPACITY, Encoder, QueryEncoder, resolve_model,
+};
 use hyperrec_pipeline::{EventLog, IndexReport, Pipeline, PipelineConfig, item_embeddings};
 
 /// Options shared by every command that serves recommendations.
@@ -55,7 +59,10 @@ impl CommonArgs {
         if beside_cwd.is_dir() {
             return beside_cwd;
         }
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/ml-latest-small"))
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/ml-latest-small"
+        ))
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -69,7 +76,10 @@ impl CommonArgs {
     }
 
     pub fn config(&self) -> PipelineConfig {
-        let mut config = PipelineConfig { alpha: self.alpha, ..PipelineConfig::default() };
+        let mut config = PipelineConfig {
+            alpha: self.alpha,
+            ..PipelineConfig::default()
+        };
         config.cache.hot_items = self.hot_items;
         config
     }
@@ -86,31 +96,52 @@ fn dirs_state() -> PathBuf {
 /// pipeline and replays the event log.
 pub fn load(args: &CommonArgs, show_progress: bool) -> anyhow::Result<App> {
     let model = resolve_model(&args.model)?;
-    let encoder = Encoder::load(&model)?;
+    let encoder = Arc::new(Encoder::load(&model)?);
     let data_dir = args.data_dir();
-    let dataset = movielens::load(&data_dir, LoadOptions { strict: args.strict })
-        .with_context(|| format!("loading MovieLens data from {}", data_dir.display()))?;
+    let dataset = movielens::load(
+        &data_dir,
+        LoadOptions {
+            strict: args.strict,
+        },
+    )
+    .with_context(|| format!("loading MovieLens data from {}", data_dir.display()))?;
     report_diagnostics(&dataset.diagnostics);
 
     let state = args.state_dir();
     let tag = &dataset.catalog.fingerprint()[..16];
     let index_path = state.join("index").join(format!("items-{tag}.safetensors"));
-    let (items, index) = item_embeddings(&dataset, &encoder, &model.fingerprint, &index_path, show_progress)?;
+    let (items, index) = item_embeddings(
+        &dataset,
+        &encoder,
+        &model.fingerprint,
+        &index_path,
+        show_progress,
+    )?;
 
-    let encoder = Arc::new(QueryEncoder::new(encoder));
+    let capacity = NonZeroUsize::new(DEFAULT_QUERY_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
+    let encoder = Arc::new(QueryEncoder::new(encoder, capacity));
     let mut pipeline = Pipeline::build(Arc::new(dataset), encoder, items, args.config())?;
 
     let events = EventLog::new(state.join(format!("events-{tag}.jsonl")));
     let replay = events.replay()?;
     for (line, message) in &replay.skipped {
-        eprintln!("warning: {} line {line} skipped: {message}", events.path().display());
+        eprintln!(
+            "warning: {} line {line} skipped: {message}",
+            events.path().display()
+        );
     }
     for event in &replay.events {
         pipeline
             .apply_event(event)
             .with_context(|| format!("replaying {}", events.path().display()))?;
     }
-    Ok(App { pipeline, events, index, data_dir, model: args.model.clone() })
+    Ok(App {
+        pipeline,
+        events,
+        index,
+        data_dir,
+        model: args.model.clone(),
+    })
 }
 
 fn report_diagnostics(diagnostics: &[hyperrec_catalog::movielens::Diagnostic]) {
@@ -119,6 +150,9 @@ fn report_diagnostics(diagnostics: &[hyperrec_catalog::movielens::Diagnostic]) {
         eprintln!("warning: {diagnostic}");
     }
     if diagnostics.len() > SHOWN {
-        eprintln!("warning: ... and {} more malformed rows skipped", diagnostics.len() - SHOWN);
+        eprintln!(
+            "warning: ... and {} more malformed rows skipped",
+            diagnostics.len() - SHOWN
+        );
     }
 }

@@ -1,11 +1,12 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use hyperrec_cache::CacheConfig;
 use hyperrec_catalog::ProfileRule;
 use hyperrec_fusion::FusionConfig;
 use hyperrec_rerank::RerankConfig;
 use hyperrec_similarity::SimilarityConfig;
-use hyperrec_stage::Request;
+use hyperrec_stage::{ItemId, Request};
 
 use crate::PipelineError;
 
@@ -85,7 +86,10 @@ impl Default for PipelineConfig {
 impl PipelineConfig {
     pub fn validate(&self) -> Result<(), PipelineError> {
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(PipelineError::Config(format!("alpha must be in [0, 1], got {}", self.alpha)));
+            return Err(PipelineError::Config(format!(
+                "alpha must be in [0, 1], got {}",
+                self.alpha
+            )));
         }
         if self.candidates == 0 || self.candidates > MAX_K {
             return Err(PipelineError::Config(format!(
@@ -121,15 +125,19 @@ impl PipelineConfig {
     }
 
     pub(crate) fn similarity_config(&self) -> SimilarityConfig {
-        SimilarityConfig { candidates: self.candidates, exclude_seen: self.exclude_seen }
+        SimilarityConfig {
+            candidates: self.candidates,
+            exclude_seen: self.exclude_seen,
+        }
     }
 
-    pub(crate) fn cache_config(&self) -> CacheConfig {
+    pub(crate) fn cache_config(&self, item_ids: Arc<[ItemId]>) -> CacheConfig {
         CacheConfig {
             hot_items: self.cache.hot_items,
             half_life_secs: self.cache.half_life_secs,
             history_len: self.cache.history_len,
             history_weight: self.cache.history_weight,
+            item_ids: Some(item_ids),
             ..CacheConfig::default()
         }
     }

@@ -51,7 +51,8 @@ impl EventLog {
             .append(true)
             .open(&self.path)
             .map_err(|e| error(e.to_string()))?;
-        file.write_all(line.as_bytes()).map_err(|e| error(e.to_string()))?;
+        file.write_all(line.as_bytes())
+            .map_err(|e| error(e.to_string()))?;
         file.sync_data().map_err(|e| error(e.to_string()))
     }
 
@@ -97,18 +98,30 @@ mod tests {
     fn appended_events_replay_in_order_and_torn_lines_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = EventLog::new(dir.path().join("events.jsonl"));
-        assert!(log.replay().expect("missing log is empty").events.is_empty());
+        assert!(
+            log.replay()
+                .expect("missing log is empty")
+                .events
+                .is_empty()
+        );
         let first = Event {
             user: UserId(1),
             item: ItemId(318),
             interaction: Interaction::Rating(4.5),
             timestamp: 10,
         };
-        let second = Event { interaction: Interaction::Skip, timestamp: 11, ..first };
+        let second = Event {
+            interaction: Interaction::Skip,
+            timestamp: 11,
+            ..first
+        };
         log.append(&first).expect("append");
         log.append(&second).expect("append");
         // A crash mid-write leaves a torn line: it is reported, the rest survives.
-        let mut file = OpenOptions::new().append(true).open(log.path()).expect("open");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .expect("open");
         file.write_all(b"{\"user\": 3, \"ite").expect("write");
         let replay = log.replay().expect("replay");
         assert_eq!(replay.events, vec![first, second]);

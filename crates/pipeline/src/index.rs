@@ -37,7 +37,12 @@ pub fn item_embeddings(
     if let Some(items) = store::load_if_fresh(path, &fingerprint)? {
         return Ok((
             items,
-            IndexReport { items: dataset.catalog.len(), reused: true, elapsed: started.elapsed(), fingerprint },
+            IndexReport {
+                items: dataset.catalog.len(),
+                reused: true,
+                elapsed: started.elapsed(),
+                fingerprint,
+            },
         ));
     }
     let catalog = &dataset.catalog;
@@ -45,8 +50,10 @@ pub fn item_embeddings(
     let progress = if show_progress {
         let bar = ProgressBar::new(texts.len() as u64);
         bar.set_style(
-            ProgressStyle::with_template("embedding items {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "embedding items {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     } else {
@@ -66,6 +73,11 @@ pub fn item_embeddings(
     store::save(path, &items, &fingerprint)?;
     Ok((
         items,
-        IndexReport { items: catalog.len(), reused: false, elapsed: started.elapsed(), fingerprint },
+        IndexReport {
+            items: catalog.len(),
+            reused: false,
+            elapsed: started.elapsed(),
+            fingerprint,
+        },
     ))
 }

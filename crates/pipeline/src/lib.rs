@@ -21,7 +21,7 @@ mod response;
 
 use std::sync::Arc;
 
-use hyperrec_cache::{CacheHandle, TemporalCache};
+use hyperrec_cache::{CacheHandle, CacheLookup, TemporalCache};
 use hyperrec_catalog::{Dataset, HistoryEntry, ItemEmbeddings, SharedUsers, UserTable};
 use hyperrec_encoder::{EncoderStage, QueryEncoder};
 use hyperrec_fusion::Fusion;
@@ -30,11 +30,13 @@ use hyperrec_similarity::Similarity;
 use hyperrec_stage::{Batch, Cpu, Device, DeviceKind, Event, ItemId, Request, Stage, StageTiming};
 use parking_lot::RwLock;
 
-pub use config::{CacheSettings, DeviceChoice, PipelineConfig, MAX_K};
+pub use config::{CacheSettings, DeviceChoice, MAX_K, PipelineConfig};
 pub use error::PipelineError;
 pub use events::EventLog;
-pub use index::{item_embeddings, IndexReport};
-pub use response::{MemoryComponent, MemoryReport, RecommendedItem, Response, ResponseContribution};
+pub use index::{IndexReport, item_embeddings};
+pub use response::{
+    MemoryComponent, MemoryReport, RecommendedItem, Response, ResponseContribution,
+};
 
 /// Names of the stage slots, in the order the pipeline runs them.
 pub const STAGE_ORDER: [&str; 5] = ["encode", "fusion", "cache", "similarity", "rerank"];
@@ -82,13 +84,12 @@ impl Pipeline {
         let phrase_embeddings = encoder.encode(&phrase_refs)?;
         let context = Arc::new(ContextVocabulary::new(
             phrases.into_iter().zip(phrase_embeddings).collect(),
-        ));
+        )?);
 
-        let cache = TemporalCache::new(items.clone(), users.clone(), config.cache_config())?;
-        for rating in &dataset.ratings {
-            cache.handle().record(rating.item, rating.timestamp);
-        }
-        cache.handle().rebuild_now();
+        // Popularity is seeded from every history entry; the hot rows are built here.
+        let item_ids: Arc<[ItemId]> = dataset.catalog.items().iter().map(|item| item.id).collect();
+        let cache =
+            TemporalCache::new(items.clone(), users.clone(), config.cache_config(item_ids))?;
         let cache_handle = cache.handle();
 
         let weights = match &config.rerank_weights {
@@ -99,7 +100,11 @@ impl Pipeline {
             Box::new(EncoderStage::new(encoder.clone())),
             Box::new(Fusion::new(users.clone(), config.fusion_config())?),
             Box::new(cache),
-            Box::new(Similarity::new(items.clone(), users.clone(), config.similarity_config())?),
+            Box::new(Similarity::new(
+                items.clone(),
+                users.clone(),
+                config.similarity_config(),
+            )?),
             Box::new(AttentionRerank::new(
                 items.clone(),
                 users.clone(),
@@ -175,7 +180,10 @@ impl Pipeline {
 
     /// Recommends for a batch of requests in one pass through the stages. Every response
     /// carries the batch's per-stage timings.
-    pub fn recommend_batch(&mut self, requests: &[Request]) -> Result<Vec<Response>, PipelineError> {
+    pub fn recommend_batch(
+        &mut self,
+        requests: &[Request],
+    ) -> Result<Vec<Response>, PipelineError> {
         if requests.is_empty() {
             return Err(PipelineError::EmptyBatch);
         }
@@ -199,7 +207,12 @@ impl Pipeline {
             });
         }
         let total = device.elapsed(&marks[0], &marks[marks.len() - 1])?;
-        Ok(response::collect(&self.batch, &self.dataset.catalog, total, device.kind()))
+        Ok(response::collect(
+            &self.batch,
+            &self.dataset.catalog,
+            total,
+            device.kind(),
+        ))
     }
 
     /// Applies a real-time event: the user's history, seen set and profile, then every
@@ -218,7 +231,11 @@ impl Pipeline {
         }
         self.users.write().apply(
             event.user,
-            HistoryEntry { item, rating, timestamp: event.timestamp },
+            HistoryEntry {
+                item,
+                rating,
+                timestamp: event.timestamp,
+            },
             &self.items,
         );
         for stage in &mut self.stages {
@@ -229,30 +246,39 @@ impl Pipeline {
 
     /// Looks up an item by external id.
     pub fn item_index(&self, id: ItemId) -> Result<u32, PipelineError> {
-        self.dataset.catalog.index_of(id).ok_or(PipelineError::UnknownItem(id))
+        self.dataset
+            .catalog
+            .index_of(id)
+            .ok_or(PipelineError::UnknownItem(id))
     }
 
     /// Items most similar to `item` (served by the temporal cache when `item` is hot).
-    pub fn similar(&self, id: ItemId, k: usize) -> Result<(Vec<RecommendedItem>, bool), PipelineError> {
+    pub fn similar(
+        &self,
+        id: ItemId,
+        k: usize,
+    ) -> Result<(Vec<RecommendedItem>, bool), PipelineError> {
         if k == 0 || k > MAX_K {
-            return Err(PipelineError::InvalidRequest(format!("k must be in 1..={MAX_K}, got {k}")));
+            return Err(PipelineError::InvalidRequest(format!(
+                "k must be in 1..={MAX_K}, got {k}"
+            )));
         }
         let item = self.item_index(id)?;
-        let (neighbours, lookup) = self.cache.similar(item, k + 1);
+        let (neighbours, lookup) = self.cache.similar(item, k)?;
         let items = neighbours
             .into_iter()
-            .filter(|(other, _)| *other != item)
-            .take(k)
             .map(|(other, score)| response::plain_item(&self.dataset.catalog, other, score))
             .collect();
-        Ok((items, lookup.is_hit()))
+        Ok((items, lookup == CacheLookup::Hit))
     }
 
     /// Bytes held per component.
     pub fn memory_report(&self) -> MemoryReport {
         let users = self.users.read();
         let dim = self.items.dim();
-        let history_entries: usize = (0..users.len() as u32).map(|u| users.history(u).len()).sum();
+        let history_entries: usize = (0..users.len() as u32)
+            .map(|u| users.history(u).len())
+            .sum();
         let mut components = vec![
             MemoryComponent::host("items", self.items.as_slice().len() * 4),
             MemoryComponent::host("users", users.len() * dim * 4),
@@ -260,10 +286,16 @@ impl Pipeline {
                 "histories",
                 history_entries * (std::mem::size_of::<HistoryEntry>() + 4),
             ),
-            MemoryComponent::host("cache", self.cache.stats().bytes),
+            MemoryComponent::host("cache", self.cache.stats().hot_rows * self.items.len() * 4),
             MemoryComponent::host("context", self.context.len() * dim * 4),
         ];
-        components.push(MemoryComponent::host("workspace", response::batch_bytes(&self.batch)));
-        MemoryReport { device: Cpu.kind(), components }
+        components.push(MemoryComponent::host(
+            "workspace",
+            response::batch_bytes(&self.batch),
+        ));
+        MemoryReport {
+            device: Cpu.kind(),
+            components,
+        }
     }
 }

@@ -53,7 +53,11 @@ pub struct MemoryComponent {
 
 impl MemoryComponent {
     pub fn host(name: &str, bytes: usize) -> MemoryComponent {
-        MemoryComponent { name: name.into(), host_bytes: bytes, device_bytes: 0 }
+        MemoryComponent {
+            name: name.into(),
+            host_bytes: bytes,
+            device_bytes: 0,
+        }
     }
 }
 
