@@ -1,4 +1,359 @@
-// Rerank kernels: written next.
+// Attention rerank: each retrieval candidate attends over the user's recent history items
+// and the request's context phrases (hyperrec-rerank's formula, line for line), then the
+// best `results` candidates by final score are written with their attributions.
+//
+// Per head the logits and value products are small matrix products (candidates x head
+// width x sources), done on the tensor cores with WMMA (fp16 operands, fp32 accumulation).
 #include <cuda_fp16.h>
-extern "C" __global__ void rerank_attend() {}
-extern "C" __global__ void rerank_select() {}
+#include <mma.h>
+
+using namespace nvcuda;
+
+#define NO_ITEM 0xffffffffu
+#define CHUNK 64          // candidates per block (one 16-row tile per warp)
+#define WARPS 4
+#define MAX_SLOTS 64      // history + context sources per query
+#define MAX_HEAD_DIM 128
+#define LOGIT_LD (MAX_SLOTS + 4)
+// 16-byte loads per thread per head: MAX_SLOTS (and CHUNK) rows of MAX_HEAD_DIM / 8 each.
+#define LOADS (MAX_SLOTS * (MAX_HEAD_DIM / 8) / (WARPS * 32))
+
+struct RerankParams {
+    // Candidates: [n, cand_stride]; the first `reranked` of each row are rescored.
+    const unsigned* cand_ids;
+    const float* cand_scores;
+    unsigned cand_stride, reranked;
+    // Projected item tables [n_items, dim] fp16 and their scalar factors (the untrained
+    // weights use the item table itself with the identity's scale).
+    const __half* q_table;
+    const __half* k_table;
+    const __half* v_table;
+    float q_scale, k_scale, v_scale;
+    // Query side: q = (1 - beta) q_scale Q[c] + beta pf_scale PF[query], PF [n, dim] fp16.
+    const __half* pf;
+    float pf_scale, beta;
+    // History: the device tables' rows, and per query the user row, first slot and count.
+    const unsigned* hist_items;
+    const float* hist_ratings;
+    unsigned table_hist_len;
+    const unsigned* q_user;
+    const unsigned* q_hist_begin;
+    const unsigned* q_hist_count;
+    float gate_offset, gate_slope;
+    // Context: projected phrase keys and gated values [n_phrases, dim] fp32; per query a run
+    // of phrase rows q_ctx_rows[q_ctx_offsets[q] .. q_ctx_offsets[q + 1]].
+    const float* ctx_keys;
+    const float* ctx_values;
+    const unsigned* q_ctx_offsets;
+    const unsigned* q_ctx_rows;
+    unsigned dim, heads;
+    float context_share, w_retrieval, w_attention, bias;
+    // Outputs: final scores [n, reranked], attributions [n, reranked, slots].
+    unsigned slots;
+    float* final_scores;
+    float* attributions;
+};
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Grid (n, ceil(reranked / CHUNK)), WARPS * 32 threads. Dynamic shared memory:
+// rerank_shared_bytes(head_dim) on the Rust side.
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+rerank_attend(const RerankParams p) {
+    extern __shared__ __align__(32) unsigned char smem[];
+    const unsigned hd = p.dim / p.heads, hdp = hd + 16;  // padded row (32-byte aligned)
+    __half* ks = reinterpret_cast<__half*>(smem);          // [MAX_SLOTS][hdp]
+    __half* vs = ks + MAX_SLOTS * hdp;                      // [MAX_SLOTS][hdp]
+    __half* qs = vs + MAX_SLOTS * hdp;                      // [CHUNK][hdp]
+    __half* us = qs + CHUNK * hdp;                          // [CHUNK][hdp]
+    float* logits = reinterpret_cast<float*>(us + CHUNK * hdp);  // [CHUNK][LOGIT_LD]
+    float* products = logits + CHUNK * LOGIT_LD;                  // [CHUNK][LOGIT_LD]
+    float* attr = products + CHUNK * LOGIT_LD;                    // [CHUNK][MAX_SLOTS]
+    float* attention = attr + CHUNK * MAX_SLOTS;                  // [CHUNK]
+    unsigned* slot_item = reinterpret_cast<unsigned*>(attention + CHUNK);  // [MAX_SLOTS]
+    float* slot_gate = reinterpret_cast<float*>(slot_item + MAX_SLOTS);    // [MAX_SLOTS]
+    unsigned* cand = reinterpret_cast<unsigned*>(slot_gate + MAX_SLOTS);   // [CHUNK]
+
+    const unsigned q = blockIdx.x, first = blockIdx.y * CHUNK;
+    const unsigned t = threadIdx.x, warp = t >> 5, lane = t & 31;
+    const unsigned user = p.q_user[q];
+    const unsigned n_hist = user == NO_ITEM ? 0u : p.q_hist_count[q];
+    const unsigned ctx_begin = p.q_ctx_offsets[q];
+    const unsigned n_ctx = p.q_ctx_offsets[q + 1] - ctx_begin;
+    const unsigned n_src = min(n_hist + n_ctx, (unsigned)MAX_SLOTS);
+    const unsigned slot_tiles = (n_src + 15) / 16;
+
+    for (unsigned s = t; s < MAX_SLOTS; s += blockDim.x) {
+        unsigned item = NO_ITEM;
+        float gate = 0.0f;
+        if (s < n_hist) {
+            const size_t at = (size_t)user * p.table_hist_len + p.q_hist_begin[q] + s;
+            item = p.hist_items[at];
+            gate = p.gate_offset + p.gate_slope * (p.hist_ratings[at] - 3.0f) * 0.5f;
+        }
+        slot_item[s] = item;
+        slot_gate[s] = gate;
+    }
+    for (unsigned c = t; c < CHUNK; c += blockDim.x) {
+        const unsigned at = first + c;
+        cand[c] = at < p.reranked ? p.cand_ids[(size_t)q * p.cand_stride + at] : NO_ITEM;
+        attention[c] = 0.0f;
+    }
+    for (unsigned i = t; i < CHUNK * MAX_SLOTS; i += blockDim.x) attr[i] = 0.0f;
+    __syncthreads();
+
+    // History pool and context pool masses (a pool takes all when the other is empty).
+    const float hist_mass = n_hist > 0 ? (n_ctx > 0 ? 1.0f - p.context_share : 1.0f) : 0.0f;
+    const float ctx_mass = n_ctx > 0 ? (n_hist > 0 ? p.context_share : 1.0f) : 0.0f;
+    const float inv_sqrt_hd = rsqrtf((float)hd);
+
+    for (unsigned h = 0; h < p.heads && n_src > 0; ++h) {
+        const unsigned col0 = h * hd;
+        // Sources and candidates of this head, 16 bytes (8 columns) per load. Every
+        // thread issues all of its loads (at most LOADS of each kind) before converting
+        // any, so a head costs about one memory round trip instead of one per row.
+        const unsigned chunks = hd >> 3;
+        const unsigned src_items = slot_tiles * 16 * chunks, cand_items = CHUNK * chunks;
+        uint4 kr[LOADS], vr[LOADS], qr[LOADS], ur[LOADS];
+#pragma unroll
+        for (unsigned l = 0; l < LOADS; ++l) {
+            const unsigned i = t + l * (WARPS * 32);
+            kr[l] = vr[l] = qr[l] = ur[l] = make_uint4(0, 0, 0, 0);
+            if (i < src_items) {
+                const unsigned s = i / chunks, d = (i % chunks) * 8;
+                if (s < n_hist) {
+                    const size_t row = (size_t)slot_item[s] * p.dim + col0 + d;
+                    kr[l] = *reinterpret_cast<const uint4*>(p.k_table + row);
+                    vr[l] = *reinterpret_cast<const uint4*>(p.v_table + row);
+                }
+            }
+            if (i < cand_items) {
+                const unsigned c = i / chunks, d = (i % chunks) * 8;
+                if (cand[c] != NO_ITEM) {
+                    const size_t row = (size_t)cand[c] * p.dim + col0 + d;
+                    qr[l] = *reinterpret_cast<const uint4*>(p.q_table + row);
+                    ur[l] = *reinterpret_cast<const uint4*>(p.v_table + row);
+                }
+            }
+        }
+#pragma unroll
+        for (unsigned l = 0; l < LOADS; ++l) {
+            const unsigned i = t + l * (WARPS * 32);
+            if (i < src_items) {
+                const unsigned s = i / chunks, d = (i % chunks) * 8;
+                float k[8], v[8];
+                if (s < n_hist) {
+                    const __half* kh = reinterpret_cast<const __half*>(&kr[l]);
+                    const __half* vh = reinterpret_cast<const __half*>(&vr[l]);
+                    const float vscale = slot_gate[s] * p.v_scale;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        k[e] = p.k_scale * __half2float(kh[e]);
+                        v[e] = vscale * __half2float(vh[e]);
+                    }
+                } else if (s < n_src) {
+                    const size_t row =
+                        (size_t)p.q_ctx_rows[ctx_begin + s - n_hist] * p.dim + col0 + d;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        k[e] = p.ctx_keys[row + e];
+                        v[e] = p.ctx_values[row + e];
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) k[e] = v[e] = 0.0f;
+                }
+                uint4 ko, vo;
+                __half* kout = reinterpret_cast<__half*>(&ko);
+                __half* vout = reinterpret_cast<__half*>(&vo);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    kout[e] = __float2half_rn(k[e]);
+                    vout[e] = __float2half_rn(v[e]);
+                }
+                *reinterpret_cast<uint4*>(ks + s * hdp + d) = ko;
+                *reinterpret_cast<uint4*>(vs + s * hdp + d) = vo;
+            }
+            if (i < cand_items) {
+                const unsigned c = i / chunks, d = (i % chunks) * 8;
+                uint4 qo = make_uint4(0, 0, 0, 0), uo = make_uint4(0, 0, 0, 0);
+                if (cand[c] != NO_ITEM) {
+                    uint4 fr = make_uint4(0, 0, 0, 0);
+                    if (p.beta != 0.0f)
+                        fr = *reinterpret_cast<const uint4*>(p.pf + (size_t)q * p.dim + col0 + d);
+                    const __half* qh = reinterpret_cast<const __half*>(&qr[l]);
+                    const __half* uh = reinterpret_cast<const __half*>(&ur[l]);
+                    const __half* fh = reinterpret_cast<const __half*>(&fr);
+                    __half* qout = reinterpret_cast<__half*>(&qo);
+                    __half* uout = reinterpret_cast<__half*>(&uo);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        float qv = (1.0f - p.beta) * p.q_scale * __half2float(qh[e]);
+                        if (p.beta != 0.0f) qv += p.beta * p.pf_scale * __half2float(fh[e]);
+                        qout[e] = __float2half_rn(qv);
+                        uout[e] = __float2half_rn(p.v_scale * __half2float(uh[e]));
+                    }
+                }
+                *reinterpret_cast<uint4*>(qs + c * hdp + d) = qo;
+                *reinterpret_cast<uint4*>(us + c * hdp + d) = uo;
+            }
+        }
+        __syncthreads();
+
+        // Logits and value products of this warp's 16 candidates against every source tile.
+        for (unsigned st = 0; st < slot_tiles; ++st) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> l_acc, p_acc;
+            wmma::fill_fragment(l_acc, 0.0f);
+            wmma::fill_fragment(p_acc, 0.0f);
+            for (unsigned kk = 0; kk < hd; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+                wmma::load_matrix_sync(a, qs + warp * 16 * hdp + kk, hdp);
+                wmma::load_matrix_sync(b, ks + st * 16 * hdp + kk, hdp);
+                wmma::mma_sync(l_acc, a, b, l_acc);
+                wmma::load_matrix_sync(a, us + warp * 16 * hdp + kk, hdp);
+                wmma::load_matrix_sync(b, vs + st * 16 * hdp + kk, hdp);
+                wmma::mma_sync(p_acc, a, b, p_acc);
+            }
+            wmma::store_matrix_sync(logits + warp * 16 * LOGIT_LD + st * 16, l_acc, LOGIT_LD,
+                                    wmma::mem_row_major);
+            wmma::store_matrix_sync(products + warp * 16 * LOGIT_LD + st * 16, p_acc, LOGIT_LD,
+                                    wmma::mem_row_major);
+        }
+        __syncwarp();
+
+        // Two-pool softmax per candidate row; lanes own sources lane and lane + 32.
+        for (unsigned r = 0; r < 16; ++r) {
+            const unsigned c = warp * 16 + r;
+            if (cand[c] == NO_ITEM) continue;  // uniform across the warp
+            float lg[2], w[2];
+            bool in_hist[2], valid[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const unsigned s = lane + 32 * i;
+                valid[i] = s < n_src;
+                in_hist[i] = s < n_hist;
+                lg[i] = valid[i] ? logits[c * LOGIT_LD + s] * inv_sqrt_hd : -INFINITY;
+            }
+            const float mh = warp_max(fmaxf(in_hist[0] ? lg[0] : -INFINITY, in_hist[1] ? lg[1] : -INFINITY));
+            const float mc = warp_max(fmaxf(valid[0] && !in_hist[0] ? lg[0] : -INFINITY,
+                                            valid[1] && !in_hist[1] ? lg[1] : -INFINITY));
+            float eh = 0.0f, ec = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                w[i] = 0.0f;
+                if (valid[i]) {
+                    w[i] = __expf(lg[i] - (in_hist[i] ? mh : mc));
+                    if (in_hist[i]) eh += w[i]; else ec += w[i];
+                }
+            }
+            const float sh = warp_sum(eh), sc = warp_sum(ec);
+            float contribution = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                if (!valid[i]) continue;
+                const unsigned s = lane + 32 * i;
+                w[i] *= in_hist[i] ? hist_mass / sh : ctx_mass / sc;
+                contribution += w[i] * products[c * LOGIT_LD + s];
+                attr[c * MAX_SLOTS + s] += w[i] / (float)p.heads;
+            }
+            contribution = warp_sum(contribution);
+            if (lane == 0) attention[c] += contribution;
+        }
+        __syncthreads();
+    }
+
+    // Final scores and attributions of this block's candidates.
+    for (unsigned c = warp; c < CHUNK; c += WARPS) {
+        const unsigned at = first + c;
+        if (at >= p.reranked) break;
+        const unsigned item = cand[c];
+        const size_t out = (size_t)q * p.reranked + at;
+        if (lane == 0) {
+            float score = -INFINITY;
+            if (item != NO_ITEM) {
+                const float r = p.cand_scores[(size_t)q * p.cand_stride + at];
+                score = n_src == 0 ? r : p.w_retrieval * r + p.w_attention * attention[c] + p.bias;
+            }
+            p.final_scores[out] = score;
+        }
+        for (unsigned s = lane; s < p.slots; s += 32)
+            p.attributions[out * p.slots + s] =
+                (item != NO_ITEM && s < n_src) ? attr[c * MAX_SLOTS + s] : 0.0f;
+    }
+}
+
+// Float -> 32-bit key whose unsigned order is the float order (NaN never expected here).
+__device__ __forceinline__ unsigned float_key(float f) {
+    const unsigned bits = __float_as_uint(f == 0.0f ? 0.0f : f);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// One block (1024 threads) per query: the `results` best of the `reranked` final scores,
+// ties by the smaller item id, with retrieval scores and attribution rows. Sort keys pack
+// (score key, 22-bit inverted item id, 10-bit candidate position).
+extern "C" __global__ void __launch_bounds__(1024)
+rerank_select(const float* __restrict__ final_scores, const float* __restrict__ attributions,
+              const unsigned* __restrict__ cand_ids, const float* __restrict__ cand_scores,
+              unsigned cand_stride, unsigned reranked, unsigned slots, unsigned results,
+              unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
+              float* __restrict__ out_retrieval, float* __restrict__ out_attributions) {
+    __shared__ unsigned long long keys[1024];
+    const unsigned q = blockIdx.x, t = threadIdx.x;
+    unsigned padded = 1;
+    while (padded < reranked) padded <<= 1;
+    for (unsigned i = t; i < padded; i += blockDim.x) {
+        unsigned long long key = 0;
+        if (i < reranked) {
+            const unsigned item = cand_ids[(size_t)q * cand_stride + i];
+            const float score = final_scores[(size_t)q * reranked + i];
+            if (item != NO_ITEM && score != -INFINITY)
+                key = ((unsigned long long)float_key(score) << 32) |
+                      ((unsigned long long)(0x3fffffu - (item & 0x3fffffu)) << 10) | i;
+        }
+        keys[i] = key;
+    }
+    for (unsigned size = 2; size <= padded; size <<= 1) {
+        for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (unsigned i = t; i < (padded >> 1); i += blockDim.x) {
+                const unsigned lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+                const bool descending = (lo & size) == 0;
+                const unsigned long long a = keys[lo], b = keys[hi];
+                if ((a < b) == descending) {
+                    keys[lo] = b;
+                    keys[hi] = a;
+                }
+            }
+        }
+    }
+    __syncthreads();
+    for (unsigned i = t; i < results; i += blockDim.x) {
+        const unsigned long long key = i < padded ? keys[i] : 0ull;
+        const size_t out = (size_t)q * results + i;
+        if (key == 0) {
+            out_ids[out] = NO_ITEM;
+            out_scores[out] = -INFINITY;
+            out_retrieval[out] = -INFINITY;
+        } else {
+            const unsigned at = (unsigned)(key & 1023u);
+            out_ids[out] = cand_ids[(size_t)q * cand_stride + at];
+            out_scores[out] = final_scores[(size_t)q * reranked + at];
+            out_retrieval[out] = cand_scores[(size_t)q * cand_stride + at];
+        }
+    }
+    for (unsigned i = t; i < results * slots; i += blockDim.x) {
+        const unsigned r = i / slots, s = i % slots;
+        const unsigned long long key = r < padded ? keys[r] : 0ull;
+        out_attributions[((size_t)q * results + r) * slots + s] =
+            key == 0 ? 0.0f
+                     : attributions[((size_t)q * reranked + (unsigned)(key & 1023u)) * slots + s];
+    }
+}

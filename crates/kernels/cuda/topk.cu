@@ -52,27 +52,29 @@ __device__ unsigned block_inclusive_scan(unsigned value, unsigned* scratch) {
     return value;
 }
 
-// Adds each active lane's bin to `hist`, one shared-memory atomic per distinct bin per
-// warp: scores crowd into a few bins, so plain atomics would serialize.
-__device__ __forceinline__ void warp_histogram_add(unsigned* hist, unsigned bin, bool active) {
-    const unsigned lane = threadIdx.x & 31;
-    const unsigned live = __ballot_sync(0xffffffffu, active);
-    if (live == 0) return;
-    const unsigned peers = __match_any_sync(0xffffffffu, active ? bin : 0x10000u + lane);
-    if (active && lane == (unsigned)(__ffs(peers) - 1)) atomicAdd(&hist[bin], __popc(peers));
-}
+#define BINS 4096  // first digit: the key's high 12 bits (sign, exponent, 6 mantissa bits)
 
-// The bin b of `hist` (256 bins, higher bin = better) holding the `rank`-th best element:
+// The bin b of `hist` (`bins` bins, higher bin = better) holding the `rank`-th best element:
 // sum(bins > b) < rank <= sum(bins >= b). Writes b and sum(bins > b) to out[0], out[1].
-__device__ void find_bin(const unsigned* hist, unsigned rank, unsigned* scratch,
+// Each thread scans a run of bins from the top, so one block scan finds it.
+__device__ void find_bin(const unsigned* hist, unsigned bins, unsigned rank, unsigned* scratch,
                          unsigned* out) {
-    const unsigned t = threadIdx.x;
-    const unsigned count = t < 256 ? hist[255 - t] : 0u;
+    const unsigned per_thread = (bins + THREADS - 1) / THREADS;
+    const unsigned first = threadIdx.x * per_thread;  // in descending bin order
+    unsigned count = 0;
+    for (unsigned i = first; i < first + per_thread && i < bins; ++i) count += hist[bins - 1 - i];
     const unsigned through = block_inclusive_scan(count, scratch);
-    const unsigned above = through - count;
-    if (t < 256 && above < rank && rank <= through) {
-        out[0] = 255 - t;
-        out[1] = above;
+    unsigned above = through - count;
+    if (above < rank && rank <= through) {
+        for (unsigned i = first; i < first + per_thread && i < bins; ++i) {
+            const unsigned c = hist[bins - 1 - i];
+            if (rank <= above + c) {
+                out[0] = bins - 1 - i;
+                out[1] = above;
+                break;
+            }
+            above += c;
+        }
     }
     __syncthreads();
 }
@@ -94,8 +96,8 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
           unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
     extern __shared__ __align__(16) unsigned char smem[];
     unsigned long long* survivors = reinterpret_cast<unsigned long long*>(smem);  // [MAX_K]
-    unsigned* hist = reinterpret_cast<unsigned*>(survivors + MAX_K);              // [256]
-    unsigned* scratch = hist + 256;                                                // [32]
+    unsigned* hist = reinterpret_cast<unsigned*>(survivors + MAX_K);              // [BINS]
+    unsigned* scratch = hist + BINS;                                               // [32]
     unsigned* misc = scratch + 32;                                                 // [16]
     unsigned short* keys = reinterpret_cast<unsigned short*>(misc + 16);           // [nvec*8]
 
@@ -104,27 +106,38 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
     const __half* row = scores + (size_t)q * ld;
     const float* prior_row = prior ? prior + (size_t)q * n_items : nullptr;
 
-    // 1. Keys of the row into shared memory (prior added, padding excluded).
-    for (unsigned v = t; v < nvec; v += THREADS) {
-        uint4 raw = reinterpret_cast<const uint4*>(row)[v];
-        unsigned short* h = reinterpret_cast<unsigned short*>(&raw);
+    // 1. Keys of the row into shared memory (prior added, padding excluded). Four 16-byte
+    // loads per thread are issued before any is used, to hide memory latency.
+    for (unsigned base = 0; base < nvec; base += 4 * THREADS) {
+        uint4 raw[4];
 #pragma unroll
-        for (unsigned e = 0; e < 8; ++e) {
-            const unsigned j = v * 8 + e;
-            unsigned key = 0;
-            if (j < n_items) {
-                unsigned short bits = h[e];
-                if (prior_row) {
-                    const float s = __half2float(__ushort_as_half(bits)) + prior_row[j];
-                    bits = __half_as_ushort(__float2half_rn(s));
-                }
-                key = order_key(bits);
-            }
-            h[e] = (unsigned short)key;
+        for (unsigned u = 0; u < 4; ++u) {
+            const unsigned v = base + u * THREADS + t;
+            raw[u] = v < nvec ? reinterpret_cast<const uint4*>(row)[v] : make_uint4(0, 0, 0, 0);
         }
-        reinterpret_cast<uint4*>(keys)[v] = raw;
+#pragma unroll
+        for (unsigned u = 0; u < 4; ++u) {
+            const unsigned v = base + u * THREADS + t;
+            if (v >= nvec) continue;
+            unsigned short* h = reinterpret_cast<unsigned short*>(&raw[u]);
+#pragma unroll
+            for (unsigned e = 0; e < 8; ++e) {
+                const unsigned j = v * 8 + e;
+                unsigned key = 0;
+                if (j < n_items) {
+                    unsigned short bits = h[e];
+                    if (prior_row) {
+                        const float s = __half2float(__ushort_as_half(bits)) + prior_row[j];
+                        bits = __half_as_ushort(__float2half_rn(s));
+                    }
+                    key = order_key(bits);
+                }
+                h[e] = (unsigned short)key;
+            }
+            reinterpret_cast<uint4*>(keys)[v] = raw[u];
+        }
     }
-    if (t < 256) hist[t] = 0;
+    for (unsigned i = t; i < BINS; i += THREADS) hist[i] = 0;
     if (t < 16) misc[t] = 0;
     __syncthreads();
 
@@ -139,13 +152,13 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
     }
     __syncthreads();
 
-    // 3. Histogram of the high byte; find the bin of the k-th best.
-    for (unsigned base = 0; base < nvec; base += THREADS) {
-        const unsigned v = base + t;
-        uint4 raw = v < nvec ? reinterpret_cast<const uint4*>(keys)[v] : make_uint4(0, 0, 0, 0);
+    // 3. Histogram of the high 12 bits; find the bin of the k-th best. Scores spread over
+    // hundreds of these bins, so plain shared atomics rarely collide within a warp.
+    for (unsigned v = t; v < nvec; v += THREADS) {
+        const uint4 raw = reinterpret_cast<const uint4*>(keys)[v];
         const unsigned short* h = reinterpret_cast<const unsigned short*>(&raw);
 #pragma unroll
-        for (unsigned e = 0; e < 8; ++e) warp_histogram_add(hist, h[e] >> 8, v < nvec);
+        for (unsigned e = 0; e < 8; ++e) atomicAdd(&hist[h[e] >> 4], 1u);
     }
     __syncthreads();
     const unsigned eligible = nvec * 8 - hist[0];
@@ -157,23 +170,22 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
         }
         return;
     }
-    find_bin(hist, k_eff, scratch, misc);
+    find_bin(hist, BINS, k_eff, scratch, misc);
     const unsigned high = misc[0], above_high = misc[1];
-    if (t < 256) hist[t] = 0;
+    if (t < 16) hist[t] = 0;
     __syncthreads();
 
-    // 4. Histogram of the low byte among keys in that bin; the threshold key follows.
-    for (unsigned base = 0; base < nvec; base += THREADS) {
-        const unsigned v = base + t;
-        uint4 raw = v < nvec ? reinterpret_cast<const uint4*>(keys)[v] : make_uint4(0, 0, 0, 0);
+    // 4. Histogram of the low 4 bits among keys in that bin; the threshold key follows.
+    for (unsigned v = t; v < nvec; v += THREADS) {
+        const uint4 raw = reinterpret_cast<const uint4*>(keys)[v];
         const unsigned short* h = reinterpret_cast<const unsigned short*>(&raw);
 #pragma unroll
         for (unsigned e = 0; e < 8; ++e)
-            warp_histogram_add(hist, h[e] & 0xffu, v < nvec && (h[e] >> 8) == high);
+            if ((h[e] >> 4) == high) atomicAdd(&hist[h[e] & 0xfu], 1u);
     }
     __syncthreads();
-    find_bin(hist, k_eff - above_high, scratch, misc + 2);
-    const unsigned threshold = (high << 8) | misc[2];
+    find_bin(hist, 16, k_eff - above_high, scratch, misc + 2);
+    const unsigned threshold = (high << 4) | misc[2];
     const unsigned better = above_high + misc[3];  // keys strictly above the threshold
     const unsigned ties_needed = k_eff - better;
 

@@ -66,7 +66,12 @@ impl<T: Element> Drop for CudaBuffer<T> {
 
 impl<T: Element> std::fmt::Debug for CudaBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaBuffer<{}>[{}]", std::any::type_name::<T>(), self.len)
+        write!(
+            f,
+            "CudaBuffer<{}>[{}]",
+            std::any::type_name::<T>(),
+            self.len
+        )
     }
 }
 
@@ -83,7 +88,6 @@ pub(crate) struct Kernels {
     pub topk_rows: CudaFunction,
     pub rerank_attend: CudaFunction,
     pub rerank_select: CudaFunction,
-    pub cache_gather: CudaFunction,
 }
 
 /// Dynamic shared memory the top-K kernel may use (the H100's per-block maximum).
@@ -95,22 +99,23 @@ impl Kernels {
     fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         let mut modules = Vec::new();
         for module in MODULES {
-            let loaded = ctx
-                .load_module(Ptx::from_src(module.ptx))
-                .map_err(|e| CudaError::Module {
-                    module: module.name,
-                    message: e.to_string(),
-                })?;
+            let loaded =
+                ctx.load_module(Ptx::from_src(module.ptx))
+                    .map_err(|e| CudaError::Module {
+                        module: module.name,
+                        message: e.to_string(),
+                    })?;
             modules.push((module.name, loaded));
         }
         let function = |module: &'static str, name: &'static str| {
-            let (_, loaded) = modules
-                .iter()
-                .find(|(m, _)| *m == module)
-                .ok_or(CudaError::Module {
-                    module,
-                    message: "not embedded".into(),
-                })?;
+            let (_, loaded) =
+                modules
+                    .iter()
+                    .find(|(m, _)| *m == module)
+                    .ok_or(CudaError::Module {
+                        module,
+                        message: "not embedded".into(),
+                    })?;
             loaded.load_function(name).map_err(|e| CudaError::Module {
                 module,
                 message: format!("{name}: {e}"),
@@ -124,7 +129,6 @@ impl Kernels {
             topk_rows: function("topk", "topk_rows")?,
             rerank_attend: function("rerank", "rerank_attend")?,
             rerank_select: function("rerank", "rerank_select")?,
-            cache_gather: function("cache", "cache_gather")?,
             _modules: modules.into_iter().map(|(_, m)| m).collect(),
         };
         for (kernel, bytes) in [
@@ -310,14 +314,19 @@ impl Cuda {
     }
 
     /// Enqueues `buffer[..] = 0`.
-    pub(crate) fn memset_zero<T: Element>(&self, buffer: &mut CudaBuffer<T>) -> Result<(), CudaError> {
+    pub(crate) fn memset_zero<T: Element>(
+        &self,
+        buffer: &mut CudaBuffer<T>,
+    ) -> Result<(), CudaError> {
         if buffer.len == 0 {
             return Ok(());
         }
         self.bind()?;
         // SAFETY: the range lies inside the allocation.
-        unsafe { result::memset_d8_async(buffer.ptr, 0, buffer.len * size_of::<T>(), self.cu_stream()) }
-            .map_err(CudaError::from)
+        unsafe {
+            result::memset_d8_async(buffer.ptr, 0, buffer.len * size_of::<T>(), self.cu_stream())
+        }
+        .map_err(CudaError::from)
     }
 
     /// Enqueues a copy of `host` to `buffer[at..at + host.len()]`.
@@ -361,8 +370,10 @@ impl Cuda {
         }
         self.bind()?;
         // SAFETY: both ranges lie inside their allocations.
-        unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, len * size_of::<T>(), self.cu_stream()) }
-            .map_err(CudaError::from)
+        unsafe {
+            result::memcpy_dtod_async(dst.ptr, src.ptr, len * size_of::<T>(), self.cu_stream())
+        }
+        .map_err(CudaError::from)
     }
 
     /// Makes `buffer` hold `len` elements, reallocating (contents lost) only when it must.
@@ -448,7 +459,7 @@ impl Cuda {
         unsafe {
             self.launch(
                 &self.kernels.random_unit_rows,
-                (((rows + 7) / 8).clamp(1, 65535 * 64) as u32, 1, 1),
+                (rows.div_ceil(8).clamp(1, 65535 * 64) as u32, 1, 1),
                 (256, 1, 1),
                 0,
                 &mut params,
@@ -482,11 +493,19 @@ impl Device for Cuda {
         buffer.len
     }
 
-    fn resize<T: Element>(&self, buffer: &mut CudaBuffer<T>, len: usize) -> Result<(), DeviceError> {
+    fn resize<T: Element>(
+        &self,
+        buffer: &mut CudaBuffer<T>,
+        len: usize,
+    ) -> Result<(), DeviceError> {
         Ok(self.ensure_len(buffer, len)?)
     }
 
-    fn upload<T: Element>(&self, host: &[T], buffer: &mut CudaBuffer<T>) -> Result<(), DeviceError> {
+    fn upload<T: Element>(
+        &self,
+        host: &[T],
+        buffer: &mut CudaBuffer<T>,
+    ) -> Result<(), DeviceError> {
         if host.len() != buffer.len {
             return Err(DeviceError::SizeMismatch {
                 len: host.len(),
@@ -496,7 +515,11 @@ impl Device for Cuda {
         Ok(self.upload_at(host, buffer, 0)?)
     }
 
-    fn download<T: Element>(&self, buffer: &CudaBuffer<T>, host: &mut Vec<T>) -> Result<(), DeviceError> {
+    fn download<T: Element>(
+        &self,
+        buffer: &CudaBuffer<T>,
+        host: &mut Vec<T>,
+    ) -> Result<(), DeviceError> {
         host.clear();
         host.resize(buffer.len, T::default());
         if buffer.len > 0 {

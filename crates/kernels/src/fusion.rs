@@ -28,9 +28,16 @@ pub struct CudaFusion {
 
 impl CudaFusion {
     /// Fails unless `alpha` is in `[0, 1]`.
-    pub fn new(cuda: &Cuda, users: SharedUsers, tables: SharedTables, alpha: f32) -> Result<Self, CudaError> {
+    pub fn new(
+        cuda: &Cuda,
+        users: SharedUsers,
+        tables: SharedTables,
+        alpha: f32,
+    ) -> Result<Self, CudaError> {
         if !(0.0..=1.0).contains(&alpha) {
-            return Err(CudaError::Unsupported(format!("alpha must be in [0, 1], got {alpha}")));
+            return Err(CudaError::Unsupported(format!(
+                "alpha must be in [0, 1], got {alpha}"
+            )));
         }
         Ok(CudaFusion {
             users,
@@ -46,7 +53,11 @@ impl CudaFusion {
     /// Resolves the batch's members on the host and stages them for the kernel; returns
     /// nothing on the device yet. Split from `run` so a captured graph can replay the
     /// kernel after only this host step.
-    pub(crate) fn prepare(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+    pub(crate) fn prepare(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+    ) -> Result<(), StageError> {
         let users = self.users.read();
         let dim = users.dim();
         self.member_offsets_host.clear();
@@ -65,7 +76,10 @@ impl CudaFusion {
                 }
             }
             let first = self.members_host.len();
-            let members = notes.user.into_iter().chain(notes.companions.iter().copied());
+            let members = notes
+                .user
+                .into_iter()
+                .chain(notes.companions.iter().copied());
             for member in members {
                 if users.embedding(member).is_some() {
                     self.members_host.push(member);
@@ -78,7 +92,8 @@ impl CudaFusion {
                 [_] => false,
                 group => !aggregate_survives(&users, group, &mut aggregate),
             };
-            self.member_offsets_host.push(self.members_host.len() as u32);
+            self.member_offsets_host
+                .push(self.members_host.len() as u32);
         }
         drop(users);
         cuda.ensure_len(&mut self.member_offsets, self.member_offsets_host.len())?;
@@ -110,7 +125,8 @@ impl CudaFusion {
             self.member_offsets.device_ptr(),
             self.members.device_ptr(),
         );
-        let (alpha, dim_u, fused, no_half) = (self.alpha, dim as u32, batch.fused.device_ptr(), 0u64);
+        let (alpha, dim_u, fused, no_half) =
+            (self.alpha, dim as u32, batch.fused.device_ptr(), 0u64);
         let mut params = [
             arg(&queries),
             arg(&users),
@@ -135,8 +151,25 @@ impl CudaFusion {
     }
 }
 
+impl CudaFusion {
+    /// Device addresses a captured graph of this stage bakes in.
+    pub(crate) fn graph_key(&self) -> Vec<u64> {
+        let tables = self.tables.lock();
+        vec![
+            self.member_offsets.device_ptr(),
+            self.members.device_ptr(),
+            tables.users().device_ptr(),
+            tables.generation(),
+        ]
+    }
+}
+
 /// Whether the normalized sum of the group's profiles exists (the sum does not vanish).
-fn aggregate_survives(users: &hyperrec_catalog::UserTable, group: &[UserIndex], sum: &mut [f32]) -> bool {
+fn aggregate_survives(
+    users: &hyperrec_catalog::UserTable,
+    group: &[UserIndex],
+    sum: &mut [f32],
+) -> bool {
     sum.fill(0.0);
     for &member in group {
         if let Some(profile) = users.embedding(member) {

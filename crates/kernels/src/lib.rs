@@ -8,8 +8,9 @@
 //!   `Cuda::is_available` says whether one is there.
 //! - `DeviceTables`: item embeddings, user profiles, recent histories and seen sets on the
 //!   device, updated by real-time events.
-//! - Stages: `CudaFusion`, `CudaSimilarity` (GEMM + the crate's own top-K selection),
-//!   `CudaRerank`, `CudaCache`, each matching its CPU reference crate.
+//! - Stages: `CudaFusion`, `CudaSimilarity` (GEMM + the crate's own top-K selection) and
+//!   `CudaRerank`, each matching its CPU reference crate (the temporal cache has no GPU
+//!   twin yet; see `gpu-notes.md`).
 //! - `GpuPath`: the post-encoding path captured as one CUDA graph per batch-size bucket.
 //!
 //! cudarc loads the CUDA libraries at run time, so the crate builds and its tests run (and
@@ -24,6 +25,10 @@ mod error;
 #[cfg(feature = "cuda")]
 mod fusion;
 #[cfg(feature = "cuda")]
+mod path;
+#[cfg(feature = "cuda")]
+mod rerank;
+#[cfg(feature = "cuda")]
 mod similarity;
 #[cfg(feature = "cuda")]
 mod tables;
@@ -35,7 +40,13 @@ pub use error::CudaError;
 #[cfg(feature = "cuda")]
 pub use fusion::CudaFusion;
 #[cfg(feature = "cuda")]
-pub use similarity::{CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, topk_shared_bytes};
+pub use path::GpuPath;
+#[cfg(feature = "cuda")]
+pub use rerank::{CudaRerank, MAX_RERANKED, MAX_SLOTS};
+#[cfg(feature = "cuda")]
+pub use similarity::{
+    CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, score_all_items, topk_shared_bytes,
+};
 #[cfg(feature = "cuda")]
 pub use tables::{DeviceTables, NO_ITEM, SharedTables, TablesConfig};
 

@@ -35,15 +35,14 @@ pub const MODULES: &[PtxModule] = &[
         name: "rerank",
         ptx: include_str!("../ptx/rerank.ptx"),
     },
-    PtxModule {
-        name: "cache",
-        ptx: include_str!("../ptx/cache.ptx"),
-    },
 ];
 
 /// The source hash a generated PTX file records, if its first line carries one.
 pub fn recorded_source_hash(ptx: &str) -> Option<&str> {
-    ptx.lines().next()?.strip_prefix(SOURCE_HASH_TAG).map(str::trim)
+    ptx.lines()
+        .next()?
+        .strip_prefix(SOURCE_HASH_TAG)
+        .map(str::trim)
 }
 
 /// The module called `name`.

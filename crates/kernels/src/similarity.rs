@@ -20,9 +20,9 @@ pub const MAX_CANDIDATES: usize = 1024;
 const SMALL_BATCH: usize = 8;
 
 /// Dynamic shared memory of `topk_rows` for a catalog of `n_items`: 8 KiB of survivors,
-/// histogram and scratch, then the row's 16-bit keys.
+/// a 4096-bin histogram and scratch, then the row's 16-bit keys.
 pub fn topk_shared_bytes(n_items: usize) -> usize {
-    MAX_CANDIDATES * 8 + 256 * 4 + 32 * 4 + 16 * 4 + n_items.div_ceil(8) * 16
+    MAX_CANDIDATES * 8 + 4096 * 4 + 32 * 4 + 16 * 4 + n_items.div_ceil(8) * 16
 }
 
 /// Leading dimension of a score matrix: rows start 16-byte aligned for vector loads.
@@ -32,6 +32,7 @@ pub(crate) fn score_ld(n_items: usize) -> usize {
 
 /// Scores of `n` queries against every item into `scores` (`[n, score_ld(n_items)]`
 /// fp16), from fp32 queries. `queries_half` is scratch for the GEMM's fp16 operand.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_scores(
     cuda: &Cuda,
     items: &CudaBuffer<u16>,
@@ -50,7 +51,11 @@ pub(crate) fn enqueue_scores(
     match &cuda.blas {
         Some(blas) if n > SMALL_BATCH => {
             cuda.ensure_len(queries_half, n * dim)?;
-            let (src, dst, len) = (queries.device_ptr(), queries_half.device_ptr(), (n * dim) as u64);
+            let (src, dst, len) = (
+                queries.device_ptr(),
+                queries_half.device_ptr(),
+                (n * dim) as u64,
+            );
             let mut params = [arg(&src), arg(&dst), arg(&len)];
             // SAFETY: both buffers hold n * dim elements.
             unsafe {
@@ -72,7 +77,7 @@ pub(crate) fn enqueue_scores(
                     blas.handle(),
                     blas_sys::cublasOperation_t::CUBLAS_OP_T,
                     blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    n_items as i32,
+                    ld as i32,
                     n as i32,
                     dim as i32,
                     &alpha as *const f32 as *const c_void,
@@ -95,7 +100,7 @@ pub(crate) fn enqueue_scores(
             Ok(())
         }
         _ => {
-            if dim % 128 != 0 || dim > 1024 {
+            if !dim.is_multiple_of(128) || dim > 1024 {
                 return Err(CudaError::Unsupported(format!(
                     "the small-batch scoring kernel needs a width that is a multiple of 128 up to 1024, got {dim}"
                 )));
@@ -136,6 +141,35 @@ pub(crate) fn enqueue_scores(
     }
 }
 
+/// Scores of `n` fp32 query rows against every item (`[n, n_items.div_ceil(8) * 8]` fp16
+/// into `out`, padding columns zero), the similarity stage's first half on its own.
+/// `scratch` holds the fp16 copy of the queries the GEMM reads.
+pub fn score_all_items(
+    cuda: &Cuda,
+    tables: &DeviceTables,
+    queries: &CudaBuffer<f32>,
+    n: usize,
+    scratch: &mut CudaBuffer<u16>,
+    out: &mut CudaBuffer<u16>,
+) -> Result<(), CudaError> {
+    if queries.len() < n * tables.dim() {
+        return Err(CudaError::OutOfBounds {
+            end: n * tables.dim(),
+            len: queries.len(),
+        });
+    }
+    enqueue_scores(
+        cuda,
+        tables.items(),
+        tables.n_items(),
+        tables.dim(),
+        queries,
+        n,
+        scratch,
+        out,
+    )
+}
+
 /// Blocks of 8 warps for a pass over `n_items` rows: enough to fill the GPU several times.
 fn cuda_sm_blocks(n_items: usize) -> usize {
     n_items.div_ceil(8 * 4).clamp(1, 132 * 8)
@@ -164,7 +198,9 @@ pub(crate) fn enqueue_top_k(
     out_scores: &mut CudaBuffer<f32>,
 ) -> Result<(), CudaError> {
     if k == 0 || k > MAX_CANDIDATES {
-        return Err(CudaError::Unsupported(format!("top-k needs 1 <= k <= {MAX_CANDIDATES}, got {k}")));
+        return Err(CudaError::Unsupported(format!(
+            "top-k needs 1 <= k <= {MAX_CANDIDATES}, got {k}"
+        )));
     }
     let shared = topk_shared_bytes(n_items);
     if shared > TOPK_MAX_SHARED_BYTES {
@@ -174,7 +210,10 @@ pub(crate) fn enqueue_top_k(
     }
     let ld = score_ld(n_items);
     if scores.len() < n * ld {
-        return Err(CudaError::OutOfBounds { end: n * ld, len: scores.len() });
+        return Err(CudaError::OutOfBounds {
+            end: n * ld,
+            len: scores.len(),
+        });
     }
     cuda.ensure_len(out_ids, n * k)?;
     cuda.ensure_len(out_scores, n * k)?;
@@ -184,7 +223,12 @@ pub(crate) fn enqueue_top_k(
     let (seen_offsets, seen_lens, seen_items, exclude) = match &exclusion {
         Some(e) => {
             let (offsets, lens, items) = e.tables.seen();
-            (offsets.device_ptr(), lens.device_ptr(), items.device_ptr(), e.users.device_ptr())
+            (
+                offsets.device_ptr(),
+                lens.device_ptr(),
+                items.device_ptr(),
+                e.users.device_ptr(),
+            )
         }
         None => (0, 0, 0, 0),
     };
@@ -243,7 +287,17 @@ impl TopK {
         n: usize,
         k: usize,
     ) -> Result<(), CudaError> {
-        enqueue_top_k(cuda, scores, n_items, n, k, None, None, &mut self.ids, &mut self.scores)
+        enqueue_top_k(
+            cuda,
+            scores,
+            n_items,
+            n,
+            k,
+            None,
+            None,
+            &mut self.ids,
+            &mut self.scores,
+        )
     }
 
     pub fn ids(&self) -> &CudaBuffer<u32> {
@@ -316,13 +370,21 @@ impl CudaSimilarity {
     }
 
     /// Host step: who is excluded per query (and the notes saying so), uploaded.
-    pub(crate) fn prepare(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+    pub(crate) fn prepare(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+    ) -> Result<(), StageError> {
         let users = self.users.read();
         self.exclude_host.clear();
         for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
             notes.excluded.clear();
             match notes.user {
-                Some(user) if self.params.exclude_seen && request.exclude_seen && (user as usize) < users.len() => {
+                Some(user)
+                    if self.params.exclude_seen
+                        && request.exclude_seen
+                        && (user as usize) < users.len() =>
+                {
                     notes.excluded.extend_from_slice(users.seen(user));
                     self.exclude_host.push(user);
                 }
@@ -335,7 +397,11 @@ impl CudaSimilarity {
     }
 
     /// Device step: scores and selection.
-    pub(crate) fn enqueue(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+    pub(crate) fn enqueue(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+    ) -> Result<(), StageError> {
         let n = batch.len();
         let tables = self.tables.lock();
         let (dim, n_items) = (tables.dim(), tables.n_items());
@@ -346,7 +412,11 @@ impl CudaSimilarity {
                 found: format!("{} values of width {}", batch.fused.len(), batch.dim),
             });
         }
-        let k = self.params.candidates.max(batch.results).min(MAX_CANDIDATES);
+        let k = self
+            .params
+            .candidates
+            .max(batch.results)
+            .min(MAX_CANDIDATES);
         batch.candidates = k;
         cuda.ensure_len(&mut batch.candidate_ids, n * k)?;
         cuda.ensure_len(&mut batch.candidate_scores, n * k)?;
@@ -381,10 +451,28 @@ impl CudaSimilarity {
         Ok(())
     }
 
+    /// Device addresses a captured graph of this stage bakes in.
+    pub(crate) fn graph_key(&self) -> Vec<u64> {
+        let tables = self.tables.lock();
+        let (offsets, lens, items) = tables.seen();
+        vec![
+            self.exclude.device_ptr(),
+            self.fused_half.device_ptr(),
+            self.scores.device_ptr(),
+            tables.items().device_ptr(),
+            offsets.device_ptr(),
+            lens.device_ptr(),
+            items.device_ptr(),
+            tables.generation(),
+        ]
+    }
+
     /// Device bytes of the stage's scratch.
     pub fn memory_report(&self) -> MemoryReport {
         MemoryReport {
-            workspace: self.scores.allocated_bytes() + self.fused_half.allocated_bytes() + self.exclude.allocated_bytes(),
+            workspace: self.scores.allocated_bytes()
+                + self.fused_half.allocated_bytes()
+                + self.exclude.allocated_bytes(),
             ..MemoryReport::default()
         }
     }

@@ -124,13 +124,11 @@ impl DeviceTables {
                     ids.push((next() % n_items) as u32);
                     ratings.push(0.5 + (next() % 10) as f32 * 0.5);
                 }
-                let mut run: Vec<u32> = ids[first..].to_vec();
-                run.sort_unstable();
-                run.dedup();
+                // Exclusion only marks items; a seen run need not be sorted or unique.
                 offsets.push((user * h) as u32);
-                lens.push(run.len() as u32);
+                lens.push(h as u32);
                 tables.seen_runs.push(((user * h) as u32, h as u32));
-                seen.extend(run.iter().copied());
+                seen.extend_from_slice(&ids[first..]);
                 seen.resize(offsets.len() * h, NO_ITEM);
             }
             cuda.upload_at(&ids, &mut tables.history_items, start * h)?;
@@ -151,11 +149,14 @@ impl DeviceTables {
         n_users: usize,
     ) -> Result<DeviceTables, CudaError> {
         let dim = items.dim();
-        let half_items: Vec<u16> = items
+        // Rows padded to a multiple of 8 with zeros, so the score GEMM's item dimension
+        // matches the 16-byte-aligned score rows exactly.
+        let mut half_items: Vec<u16> = items
             .as_slice()
             .iter()
             .map(|&x| f16::from_f32(x).to_bits())
             .collect();
+        half_items.resize(items.len().div_ceil(8) * 8 * dim, 0);
         let mut device_items = cuda.alloc::<u16>(half_items.len())?;
         cuda.upload_at(&half_items, &mut device_items, 0)?;
         let capacity = config.initial_user_capacity.max(n_users).max(1);
@@ -186,7 +187,12 @@ impl DeviceTables {
     /// Brings `user`'s device rows in line with the host table (profile, recent history,
     /// seen set), adding the user when new. Cheap when nothing changed since the last call,
     /// so every stage may call it from `observe`.
-    pub fn sync_user(&mut self, cuda: &Cuda, users: &UserTable, user: UserIndex) -> Result<(), CudaError> {
+    pub fn sync_user(
+        &mut self,
+        cuda: &Cuda,
+        users: &UserTable,
+        user: UserIndex,
+    ) -> Result<(), CudaError> {
         let u = user as usize;
         if u < self.n_users && self.synced_history.get(u) == Some(&users.history(user).len()) {
             return Ok(());
@@ -199,14 +205,22 @@ impl DeviceTables {
         self.upload_user(cuda, users, user)
     }
 
-    fn upload_user(&mut self, cuda: &Cuda, users: &UserTable, user: UserIndex) -> Result<(), CudaError> {
+    fn upload_user(
+        &mut self,
+        cuda: &Cuda,
+        users: &UserTable,
+        user: UserIndex,
+    ) -> Result<(), CudaError> {
         let u = user as usize;
         if u >= self.user_capacity {
             self.grow_users(cuda, (u + 1).max(self.user_capacity * 2))?;
         }
         let dim = self.dim;
         let row: Vec<u16> = match users.embedding(user) {
-            Some(profile) => profile.iter().map(|&x| f16::from_f32(x).to_bits()).collect(),
+            Some(profile) => profile
+                .iter()
+                .map(|&x| f16::from_f32(x).to_bits())
+                .collect(),
             None => vec![0; dim],
         };
         cuda.upload_at(&row, &mut self.users, u * dim)?;

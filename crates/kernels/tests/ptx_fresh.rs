@@ -20,7 +20,9 @@ fn sources() -> Vec<PathBuf> {
 }
 
 fn stem(path: &Path) -> &str {
-    path.file_stem().and_then(|s| s.to_str()).expect("utf-8 file name")
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .expect("utf-8 file name")
 }
 
 #[test]
@@ -32,8 +34,12 @@ fn every_ptx_matches_its_source() {
         let text = std::fs::read(source).expect("readable source");
         let expected = hex::encode(Sha256::digest(&text));
         let ptx_path = crate_dir().join("ptx").join(format!("{name}.ptx"));
-        let ptx = std::fs::read_to_string(&ptx_path)
-            .unwrap_or_else(|e| panic!("{} is missing ({e}): run `cargo xtask ptx`", ptx_path.display()));
+        let ptx = std::fs::read_to_string(&ptx_path).unwrap_or_else(|e| {
+            panic!(
+                "{} is missing ({e}): run `cargo xtask ptx`",
+                ptx_path.display()
+            )
+        });
         assert_eq!(
             recorded_source_hash(&ptx),
             Some(expected.as_str()),
@@ -53,13 +59,18 @@ fn every_source_is_embedded_and_every_embedded_module_has_a_source() {
             module.name,
             module.name
         );
-        let on_disk = std::fs::read_to_string(crate_dir().join("ptx").join(format!("{}.ptx", module.name)))
-            .expect("ptx on disk");
-        assert_eq!(module.ptx, on_disk, "embedded {} differs from the file", module.name);
+        let on_disk =
+            std::fs::read_to_string(crate_dir().join("ptx").join(format!("{}.ptx", module.name)))
+                .expect("ptx on disk");
+        assert_eq!(
+            module.ptx, on_disk,
+            "embedded {} differs from the file",
+            module.name
+        );
     }
     for name in &names {
         assert!(
-            MODULES.iter().any(|m| &m.name == name),
+            MODULES.iter().any(|m| m.name == name),
             "cuda/{name}.cu is not listed in hyperrec_kernels::ptx::MODULES"
         );
     }

@@ -1,1 +1,390 @@
-fn main() {}
+//! Seed-scale GPU benchmark: post-encoding path latency and throughput, top-K, cache,
+//! memory, and batch-1 latency at 10 million users. CUDA-event timing, warm-up, medians.
+//!
+//! `gpu-bench [--users N] [--reps N] [--big-users N]` (defaults: 100000, 50, 10000000).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use half::f16;
+use parking_lot::{Mutex, RwLock};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use hyperrec_catalog::SharedUsers;
+use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
+use hyperrec_kernels::{
+    Cuda, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables, GpuPath, SharedTables,
+    SimilarityParams, TablesConfig, TopK, score_all_items,
+};
+use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
+use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
+
+const DIM: usize = 384;
+const N_ITEMS: usize = 62_423;
+
+struct Args {
+    users: usize,
+    reps: usize,
+    big_users: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        users: 100_000,
+        reps: 50,
+        big_users: 10_000_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value: usize = it
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?
+            .parse()
+            .with_context(|| format!("{flag} needs a number"))?;
+        match flag.as_str() {
+            "--users" => args.users = value,
+            "--reps" => args.reps = value.max(3),
+            "--big-users" => args.big_users = value,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+fn unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn items(rng: &mut StdRng) -> Arc<ItemEmbeddings> {
+    let common = unit(rng, DIM);
+    let mut data = Vec::with_capacity(N_ITEMS * DIM);
+    for _ in 0..N_ITEMS {
+        let own = unit(rng, DIM);
+        let mix = rng.random_range(0.2f32..0.6);
+        let v: Vec<f32> = own.iter().zip(&common).map(|(o, c)| o + mix * c).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        data.extend(v.iter().map(|x| x / n));
+    }
+    Arc::new(ItemEmbeddings::new(DIM, data).expect("shape"))
+}
+
+fn users(rng: &mut StdRng, items: &ItemEmbeddings, n: usize) -> UserTable {
+    let users = (0..n)
+        .map(|u| {
+            let history = (0..50)
+                .map(|t| HistoryEntry {
+                    item: rng.random_range(0..N_ITEMS as u32),
+                    rating: rng.random_range(1..=10) as f32 * 0.5,
+                    timestamp: 1_000_000 + t * 3600,
+                })
+                .collect();
+            (UserId(u as u32), history)
+        })
+        .collect();
+    UserTable::build(users, items, ProfileRule::default())
+}
+
+fn requests(rng: &mut StdRng, n_users: usize, n: usize) -> Vec<Request> {
+    (0..n)
+        .map(|i| Request {
+            user: UserId(rng.random_range(0..n_users as u32)),
+            query: format!("q{i}"),
+            context: Context {
+                time_of_day: Some(TimeOfDay::Evening),
+                social: Some(Social::Alone),
+                genres: vec!["thriller".into()],
+                ..Context::default()
+            },
+            k: 10,
+            exclude_seen: true,
+        })
+        .collect()
+}
+
+fn vocabulary(rng: &mut StdRng) -> Arc<ContextVocabulary> {
+    let genres: Vec<String> = ["thriller", "comedy", "drama", "horror", "romance"]
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    let entries = ContextVocabulary::all_phrases(&genres)
+        .into_iter()
+        .map(|p| (p, unit(rng, DIM)))
+        .collect();
+    Arc::new(ContextVocabulary::new(entries).expect("vocabulary"))
+}
+
+fn path(
+    cuda: &Cuda,
+    users: &SharedUsers,
+    tables: &SharedTables,
+    vocabulary: &Arc<ContextVocabulary>,
+) -> anyhow::Result<GpuPath> {
+    path_for(cuda, users, tables, vocabulary)
+}
+
+fn path_for(
+    cuda: &Cuda,
+    users: &SharedUsers,
+    tables: &SharedTables,
+    vocabulary: &Arc<ContextVocabulary>,
+) -> anyhow::Result<GpuPath> {
+    let fusion = CudaFusion::new(cuda, users.clone(), tables.clone(), 0.5)?;
+    let similarity = CudaSimilarity::new(
+        cuda,
+        users.clone(),
+        tables.clone(),
+        SimilarityParams {
+            candidates: 100,
+            exclude_seen: true,
+        },
+    )?;
+    let config = RerankConfig::default();
+    let rerank = CudaRerank::new(
+        cuda,
+        users.clone(),
+        tables.clone(),
+        vocabulary.clone(),
+        config.clone(),
+        RerankWeights::untrained(DIM, config.heads),
+    )?;
+    Ok(GpuPath::new(fusion, similarity, rerank))
+}
+
+fn query_batch(
+    cuda: &Cuda,
+    rng: &mut StdRng,
+    n_users: usize,
+    n: usize,
+) -> anyhow::Result<Batch<Cuda>> {
+    let mut batch = Batch::new(cuda, DIM)?;
+    batch.reset(cuda, requests(rng, n_users, n))?;
+    let queries: Vec<f32> = (0..n).flat_map(|_| unit(rng, DIM)).collect();
+    cuda.upload(&queries, &mut batch.query_embeddings)?;
+    Ok(batch)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Median device time (µs) of `work` between two events, after `warmup` untimed runs.
+fn device_time(
+    cuda: &Cuda,
+    reps: usize,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..5 {
+        work()?;
+    }
+    cuda.synchronize()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = cuda.mark()?;
+        work()?;
+        let end = cuda.mark()?;
+        cuda.synchronize()?;
+        times.push(cuda.elapsed(&start, &end)?.as_secs_f64() * 1e6);
+    }
+    Ok(median(times))
+}
+
+/// Median wall time (µs) of `work` including a final synchronize (host work included).
+fn wall_time(
+    cuda: &Cuda,
+    reps: usize,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..5 {
+        work()?;
+        cuda.synchronize()?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        work()?;
+        cuda.synchronize()?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(times))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let cuda = Cuda::new(0).context("opening the GPU")?;
+    println!("device: {} (cuBLAS: {})", cuda.name(), cuda.has_cublas());
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let t = Instant::now();
+    let items = items(&mut rng);
+    let host_users = Arc::new(RwLock::new(users(&mut rng, &items, args.users)));
+    println!("host data: {:.1} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let tables = DeviceTables::new(&cuda, &items, &host_users.read(), TablesConfig::default())?;
+    let tables = Arc::new(Mutex::new(tables));
+    cuda.synchronize()?;
+    println!("device tables: {:.1} s", t.elapsed().as_secs_f64());
+
+    let mut results: Vec<(String, f64, &str)> = Vec::new();
+
+    // Top-100 of 62,423 fp16 scores for 1000 queries.
+    {
+        let ld = N_ITEMS.div_ceil(8) * 8;
+        let host: Vec<u16> = (0..1000 * ld)
+            .map(|_| f16::from_f32(rng.random_range(-0.2f32..0.8)).to_bits())
+            .collect();
+        let mut scores = cuda.zeros::<u16>(host.len())?;
+        cuda.upload(&host, &mut scores)?;
+        let mut top = TopK::new(&cuda)?;
+        let us = device_time(&cuda, args.reps, || {
+            Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1000, 100)?)
+        })?;
+        results.push(("top-100 of 62,423, 1000 queries".into(), us, "us"));
+        let us = device_time(&cuda, args.reps, || {
+            Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1, 100)?)
+        })?;
+        results.push(("top-100 of 62,423, 1 query".into(), us, "us"));
+        let us = device_time(&cuda, args.reps, || {
+            Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1000, 1000)?)
+        })?;
+        results.push(("top-1000 of 62,423, 1000 queries".into(), us, "us"));
+    }
+
+    // The score GEMM alone.
+    for n in [1usize, 8, 1000] {
+        let queries: Vec<f32> = (0..n).flat_map(|_| unit(&mut rng, DIM)).collect();
+        let mut device_queries = cuda.zeros::<f32>(queries.len())?;
+        cuda.upload(&queries, &mut device_queries)?;
+        let (mut scratch, mut out) = (cuda.zeros::<u16>(0)?, cuda.zeros::<u16>(0)?);
+        let guard = tables.lock();
+        let us = device_time(&cuda, args.reps, || {
+            Ok(score_all_items(
+                &cuda,
+                &guard,
+                &device_queries,
+                n,
+                &mut scratch,
+                &mut out,
+            )?)
+        })?;
+        results.push((
+            format!("scores of 62,423 items, batch {n} (GEMM/GEMV)"),
+            us,
+            "us",
+        ));
+    }
+
+    let vocabulary = vocabulary(&mut rng);
+    let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
+
+    // Per-stage device times (eager launches with marks between stages).
+    for n in [1usize, 1000] {
+        let mut batch = query_batch(&cuda, &mut rng, args.users, n)?;
+        let mut stage_times = vec![Vec::new(); 3];
+        for rep in 0..args.reps + 5 {
+            let m0 = cuda.mark()?;
+            path.fusion.run(&cuda, &mut batch)?;
+            let m1 = cuda.mark()?;
+            path.similarity.run(&cuda, &mut batch)?;
+            let m2 = cuda.mark()?;
+            path.rerank.run(&cuda, &mut batch)?;
+            let m3 = cuda.mark()?;
+            cuda.synchronize()?;
+            if rep >= 5 {
+                for (i, (a, b)) in [(&m0, &m1), (&m1, &m2), (&m2, &m3)].into_iter().enumerate() {
+                    stage_times[i].push(cuda.elapsed(a, b)?.as_secs_f64() * 1e6);
+                }
+            }
+        }
+        for (name, times) in ["fusion", "similarity + top-100", "rerank + top-10"]
+            .iter()
+            .zip(stage_times)
+        {
+            results.push((
+                format!("{name}, batch {n} (eager, device incl. host prep)"),
+                median(times),
+                "us",
+            ));
+        }
+    }
+
+    // The whole post-encoding path as a CUDA graph replay: wall time per batch, host
+    // preparation and synchronization included.
+    for n in [1usize, 10, 100, 1000] {
+        let mut batch = query_batch(&cuda, &mut rng, args.users, n)?;
+        let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+        results.push((format!("path (graph), batch {n}, wall per batch"), us, "us"));
+        if n > 1 {
+            results.push((
+                format!("  -> queries/s at batch {n}"),
+                n as f64 / (us * 1e-6),
+                "q/s",
+            ));
+        }
+        let us = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+        results.push((format!("path (graph), batch {n}, events"), us, "us"));
+    }
+    println!("graph launches/captures: {:?}", path.graph_stats());
+    let memory = tables.lock().memory_report().add(&path.memory_report());
+    println!("memory at {} users: {memory}", args.users);
+    let (free, total) = cuda.memory_info()?;
+    println!(
+        "device memory in use (whole process, incl. CUDA context and cuBLAS): {:.1} MiB of {:.1} MiB",
+        (total - free) as f64 / 1048576.0,
+        total as f64 / 1048576.0
+    );
+    results.push((
+        format!("device memory, components, {} users (MiB)", args.users),
+        memory.total() as f64 / 1048576.0,
+        "MiB",
+    ));
+    results.push((
+        "device memory, whole process (MiB)".into(),
+        (total - free) as f64 / 1048576.0,
+        "MiB",
+    ));
+
+    // Ten million users: the same path over device tables of that size.
+    if args.big_users > 0 {
+        drop(path);
+        let t = Instant::now();
+        let big =
+            DeviceTables::synthetic(&cuda, &items, args.big_users, TablesConfig::default(), 42)?;
+        cuda.synchronize()?;
+        println!(
+            "synthetic tables of {} users: {:.1} s; {}",
+            args.big_users,
+            t.elapsed().as_secs_f64(),
+            big.memory_report()
+        );
+        let big = Arc::new(Mutex::new(big));
+        let mut big_path = path_for(&cuda, &host_users, &big, &vocabulary)?;
+        let mut batch = query_batch(&cuda, &mut rng, args.users, 1)?;
+        let us = wall_time(&cuda, args.reps, || Ok(big_path.run(&cuda, &mut batch)?))?;
+        results.push((
+            format!("path (graph), batch 1, {} users, wall", args.big_users),
+            us,
+            "us",
+        ));
+        let (free, total) = cuda.memory_info()?;
+        results.push((
+            format!(
+                "device memory, whole process, {} users (MiB)",
+                args.big_users
+            ),
+            (total - free) as f64 / 1048576.0,
+            "MiB",
+        ));
+    }
+
+    println!();
+    println!("| measurement | value | unit |");
+    println!("| --- | ---: | --- |");
+    for (name, value, unit) in &results {
+        println!("| {name} | {value:.1} | {unit} |");
+    }
+    Ok(())
+}

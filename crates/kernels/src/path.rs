@@ -1,0 +1,168 @@
+//! The post-encoding path (fusion -> similarity -> rerank) replayed as CUDA graphs.
+
+use std::collections::HashMap;
+
+use cudarc::driver::{result, sys};
+
+use hyperrec_stage::{Batch, Event, Stage, StageError};
+
+use crate::device::Cuda;
+use crate::{CudaError, CudaFusion, CudaRerank, CudaSimilarity, MemoryReport};
+
+/// Graphs kept at most; shapes beyond this start the cache afresh.
+const MAX_GRAPHS: usize = 64;
+
+/// An instantiated graph and the graph it came from.
+struct Captured {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+// SAFETY: graph handles are plain driver objects; they are only launched on the device's
+// one stream through `&mut GpuPath`.
+unsafe impl Send for Captured {}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        // SAFETY: created by instantiate / end_capture, destroyed once.
+        unsafe {
+            let _ = result::graph::exec_destroy(self.exec);
+            let _ = result::graph::destroy(self.graph);
+        }
+    }
+}
+
+/// The GPU stages of the post-encoding path, run as one CUDA graph per batch shape.
+///
+/// Each stage's host step (resolving users, exclusion lists, sources; small uploads) runs
+/// first, then the device work of all three stages is one graph launch: about ten kernels
+/// and a GEMM with no launch gaps and no host synchronization. A graph is keyed by
+/// everything its launches bake in (batch size, candidates, results, slots, the device
+/// addresses of every buffer involved, the tables' generation), so a batch of a new shape
+/// or after the tables grew runs eagerly once and is captured for the next time; batches
+/// of a size bucket that the pipeline keeps one [`Batch`] for replay the same graph.
+///
+/// `run` leaves results on the device; per-stage timings are not available inside a graph
+/// (run the stages one by one with marks for those).
+pub struct GpuPath {
+    pub fusion: CudaFusion,
+    pub similarity: CudaSimilarity,
+    pub rerank: CudaRerank,
+    graphs: HashMap<Vec<u64>, Captured>,
+    /// Graphs launched / captured since creation.
+    replays: u64,
+    captures: u64,
+}
+
+impl GpuPath {
+    pub fn new(fusion: CudaFusion, similarity: CudaSimilarity, rerank: CudaRerank) -> GpuPath {
+        GpuPath {
+            fusion,
+            similarity,
+            rerank,
+            graphs: HashMap::new(),
+            replays: 0,
+            captures: 0,
+        }
+    }
+
+    /// Runs fusion, similarity and rerank on `batch` (whose `query_embeddings` are set);
+    /// enqueues only: synchronize (or download) before reading results.
+    pub fn run(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        self.fusion.prepare(cuda, batch)?;
+        self.similarity.prepare(cuda, batch)?;
+        self.rerank.prepare(cuda, batch)?;
+        let key = self.key(batch);
+        if let Some(captured) = self.graphs.get(&key) {
+            cuda.bind()?;
+            // SAFETY: the graph's launches reference exactly the buffers named in `key`,
+            // which are still allocated at those addresses.
+            unsafe { result::graph::launch(captured.exec, cuda.cu_stream()) }
+                .map_err(CudaError::from)?;
+            self.replays += 1;
+            return Ok(());
+        }
+        // A new shape (or moved buffers): run eagerly, which also gives every buffer its
+        // final size, then capture the same launches for the next batch of this shape.
+        self.enqueue_all(cuda, batch)?;
+        let key = self.key(batch);
+        let captured = self.capture(cuda, batch)?;
+        if self.graphs.len() >= MAX_GRAPHS {
+            self.graphs.clear();
+        }
+        self.graphs.insert(key, captured);
+        self.captures += 1;
+        Ok(())
+    }
+
+    fn enqueue_all(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        self.fusion.enqueue(cuda, batch)?;
+        self.similarity.enqueue(cuda, batch)?;
+        self.rerank.enqueue(cuda, batch)
+    }
+
+    fn capture(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<Captured, StageError> {
+        cuda.bind()?;
+        let stream = cuda.cu_stream();
+        // SAFETY: capture on our own stream; every launch inside only uses buffers that the
+        // eager run just sized, so nothing allocates while capturing.
+        unsafe {
+            result::stream::begin_capture(
+                stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(CudaError::from)?;
+        }
+        let enqueued = self.enqueue_all(cuda, batch);
+        // SAFETY: ends the capture begun above, whatever happened inside.
+        let graph = unsafe { result::stream::end_capture(stream) }.map_err(CudaError::from)?;
+        enqueued?;
+        // SAFETY: a complete graph from the capture.
+        let exec = unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) }
+            .map_err(CudaError::from)?;
+        Ok(Captured { graph, exec })
+    }
+
+    fn key(&self, batch: &Batch<Cuda>) -> Vec<u64> {
+        let mut key = vec![
+            batch.len() as u64,
+            batch.results as u64,
+            batch.candidates as u64,
+            batch.slots as u64,
+            batch.query_embeddings.device_ptr(),
+            batch.fused.device_ptr(),
+            batch.item_prior.device_ptr(),
+            batch.item_prior.len() as u64,
+            batch.candidate_ids.device_ptr(),
+            batch.candidate_scores.device_ptr(),
+            batch.result_ids.device_ptr(),
+            batch.result_scores.device_ptr(),
+            batch.result_retrieval_scores.device_ptr(),
+            batch.result_attributions.device_ptr(),
+        ];
+        key.extend(self.fusion.graph_key());
+        key.extend(self.similarity.graph_key());
+        key.extend(self.rerank.graph_key());
+        key
+    }
+
+    /// (graph launches, captures) so far.
+    pub fn graph_stats(&self) -> (u64, u64) {
+        (self.replays, self.captures)
+    }
+
+    /// Forwards a real-time event to every stage (the shared device tables upload the
+    /// user's rows once).
+    pub fn observe(&mut self, cuda: &Cuda, event: &Event) -> Result<(), StageError> {
+        self.fusion.observe(cuda, event)?;
+        self.similarity.observe(cuda, event)?;
+        self.rerank.observe(cuda, event)
+    }
+
+    /// Device bytes of the stages' own buffers (the shared tables report separately).
+    pub fn memory_report(&self) -> MemoryReport {
+        self.similarity
+            .memory_report()
+            .add(&self.rerank.memory_report())
+    }
+}
