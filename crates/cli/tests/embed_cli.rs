@@ -11,7 +11,11 @@ fn hyperrec(args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hyperrec"))
         .arg("embed")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -39,7 +43,10 @@ fn invalid_utf8_argument_is_a_clear_error() {
     let output = hyperrec(&["ok".as_ref(), bad], None);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("text argument 2 is not valid UTF-8"), "{message}");
+    assert!(
+        message.contains("text argument 2 is not valid UTF-8"),
+        "{message}"
+    );
     assert!(!message.contains("panicked"), "{message}");
 }
 
@@ -48,7 +55,10 @@ fn invalid_utf8_on_stdin_is_a_clear_error() {
     let output = hyperrec(&[], Some(b"fine\nbad \xff\xfe line\n"));
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("stdin line 2 is not valid UTF-8"), "{message}");
+    assert!(
+        message.contains("stdin line 2 is not valid UTF-8"),
+        "{message}"
+    );
     assert!(!message.contains("panicked"), "{message}");
 }
 
@@ -57,7 +67,10 @@ fn empty_text_is_a_clear_error() {
     let output = hyperrec(&["thriller".as_ref(), "   ".as_ref()], None);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("text 2") && message.contains("empty"), "{message}");
+    assert!(
+        message.contains("text 2") && message.contains("empty"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -65,7 +78,11 @@ fn broken_model_directory_names_the_missing_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("config.json"), "{}").expect("write");
     let output = hyperrec(
-        &["--model".as_ref(), dir.path().as_os_str(), "thriller".as_ref()],
+        &[
+            "--model".as_ref(),
+            dir.path().as_os_str(),
+            "thriller".as_ref(),
+        ],
         None,
     );
     assert!(!output.status.success());
@@ -76,7 +93,11 @@ fn broken_model_directory_names_the_missing_file() {
 #[test]
 fn json_output_has_text_tokens_and_unit_embeddings() {
     let output = hyperrec(
-        &["--json".as_ref(), "thriller movies".as_ref(), "Mad Max: Fury Road (2015)".as_ref()],
+        &[
+            "--json".as_ref(),
+            "thriller movies".as_ref(),
+            "Mad Max: Fury Road (2015)".as_ref(),
+        ],
         None,
     );
     assert!(output.status.success(), "{}", stderr(&output));

@@ -101,10 +101,7 @@ impl QueryEncoder {
     /// together in one batch.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EncoderError> {
         let flat = self.encode_flat(texts)?;
-        Ok(flat
-            .chunks_exact(self.dim())
-            .map(<[f32]>::to_vec)
-            .collect())
+        Ok(flat.chunks_exact(self.dim()).map(<[f32]>::to_vec).collect())
     }
 
     /// [`QueryEncoder::encode`] as one row-major `[texts.len(), dim()]` vector.
@@ -157,8 +154,10 @@ impl QueryEncoder {
 
         let embeddings = match rows {
             Some(rows) => {
-                let miss_rows: Vec<&[u32]> =
-                    miss_order.iter().map(|&index| rows[index].as_slice()).collect();
+                let miss_rows: Vec<&[u32]> = miss_order
+                    .iter()
+                    .map(|&index| rows[index].as_slice())
+                    .collect();
                 self.encoder.embed_rows(&miss_rows)
             }
             None => {

@@ -36,6 +36,9 @@ pub enum EncoderError {
     #[error("model weights {} do not fit the BERT config: {reason}", path.display())]
     WeightsMismatch { path: PathBuf, reason: String },
 
+    /// The model spec is a path (absolute, or starting with `.` or `~`) that is not a directory.
+    #[error("model directory {} does not exist", path.display())]
+    ModelDirNotFound { path: PathBuf },
     /// The model spec is neither an existing directory nor a hub id (`owner/name`).
     #[error(
         "model `{spec}` is neither a directory nor a hub id like `sentence-transformers/all-MiniLM-L6-v2`"

@@ -7,8 +7,8 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::provision::{ModelFiles, read_model_file};
 use crate::EncoderError;
+use crate::provision::{ModelFiles, read_model_file};
 
 /// Word pieces per text, `[CLS]` and `[SEP]` included; longer texts are truncated. This
 /// is the `max_seq_length` sentence-transformers uses for all-MiniLM-L6-v2.
@@ -78,13 +78,12 @@ impl Encoder {
                 reason: error.to_string(),
             })?;
 
-        let mut tokenizer =
-            Tokenizer::from_file(&files.tokenizer).map_err(|error| {
-                EncoderError::InvalidTokenizer {
-                    path: files.tokenizer.clone(),
-                    reason: error.to_string(),
-                }
-            })?;
+        let mut tokenizer = Tokenizer::from_file(&files.tokenizer).map_err(|error| {
+            EncoderError::InvalidTokenizer {
+                path: files.tokenizer.clone(),
+                reason: error.to_string(),
+            }
+        })?;
         // tokenizer.json ships with truncation and fixed padding at 128; we truncate at the
         // model's 256 and pad ourselves to the longest text of each batch.
         tokenizer
@@ -181,7 +180,10 @@ impl Encoder {
             _ => self
                 .tokenizer
                 .encode_batch(texts.to_vec(), true)
-                .map_or_else(|error| vec![Err(error)], |all| all.into_iter().map(Ok).collect()),
+                .map_or_else(
+                    |error| vec![Err(error)],
+                    |all| all.into_iter().map(Ok).collect(),
+                ),
         };
         encodings
             .into_iter()
@@ -249,7 +251,11 @@ impl Encoder {
         let counts = mask.sum(1)?;
         let mean = summed.broadcast_div(&counts)?;
         // The same floor as torch.nn.functional.normalize, which sentence-transformers uses.
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let norms = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
         let normalized = mean.broadcast_div(&norms)?;
         Ok(normalized.flatten_all()?.to_vec1::<f32>()?)
     }

