@@ -115,8 +115,9 @@ fn word_pieces_and_embeddings_match_the_reference() {
         }
     }
     println!(
-        "golden: {} cases, min cosine {min_cosine:.10}",
-        golden.cases.len()
+        "golden: {} cases, min cosine {min_cosine:.10} (1 - min = {:.2e})",
+        golden.cases.len(),
+        1.0 - min_cosine
     );
     assert!(
         failures.is_empty(),
