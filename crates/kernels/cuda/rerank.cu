@@ -15,6 +15,7 @@ using namespace nvcuda;
 #define MAX_SLOTS 64      // history + context sources per query
 #define MAX_HEAD_DIM 128
 #define LOGIT_LD (MAX_SLOTS + 4)
+#define ATTR_LD (MAX_SLOTS + 1)  // odd row length: a warp's rows fall in different banks
 // 16-byte loads per thread per head: MAX_SLOTS (and CHUNK) rows of MAX_HEAD_DIM / 8 each.
 #define LOADS (MAX_SLOTS * (MAX_HEAD_DIM / 8) / (WARPS * 32))
 
@@ -54,15 +55,6 @@ struct RerankParams {
     float* attributions;
 };
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // Grid (n, ceil(reranked / CHUNK)), WARPS * 32 threads. Dynamic shared memory:
 // rerank_shared_bytes(head_dim) on the Rust side.
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
@@ -75,8 +67,8 @@ rerank_attend(const RerankParams p) {
     __half* us = qs + CHUNK * hdp;                          // [CHUNK][hdp]
     float* logits = reinterpret_cast<float*>(us + CHUNK * hdp);  // [CHUNK][LOGIT_LD]
     float* products = logits + CHUNK * LOGIT_LD;                  // [CHUNK][LOGIT_LD]
-    float* attr = products + CHUNK * LOGIT_LD;                    // [CHUNK][MAX_SLOTS]
-    float* attention = attr + CHUNK * MAX_SLOTS;                  // [CHUNK]
+    float* attr = products + CHUNK * LOGIT_LD;                    // [CHUNK][ATTR_LD]
+    float* attention = attr + CHUNK * ATTR_LD;                    // [CHUNK]
     unsigned* slot_item = reinterpret_cast<unsigned*>(attention + CHUNK);  // [MAX_SLOTS]
     float* slot_gate = reinterpret_cast<float*>(slot_item + MAX_SLOTS);    // [MAX_SLOTS]
     unsigned* cand = reinterpret_cast<unsigned*>(slot_gate + MAX_SLOTS);   // [CHUNK]
@@ -106,7 +98,7 @@ rerank_attend(const RerankParams p) {
         cand[c] = at < p.reranked ? p.cand_ids[(size_t)q * p.cand_stride + at] : NO_ITEM;
         attention[c] = 0.0f;
     }
-    for (unsigned i = t; i < CHUNK * MAX_SLOTS; i += blockDim.x) attr[i] = 0.0f;
+    for (unsigned i = t; i < CHUNK * ATTR_LD; i += blockDim.x) attr[i] = 0.0f;
     __syncthreads();
 
     // History pool and context pool masses (a pool takes all when the other is empty).
@@ -229,43 +221,36 @@ rerank_attend(const RerankParams p) {
         }
         __syncwarp();
 
-        // Two-pool softmax per candidate row; lanes own sources lane and lane + 32.
-        for (unsigned r = 0; r < 16; ++r) {
-            const unsigned c = warp * 16 + r;
-            if (cand[c] == NO_ITEM) continue;  // uniform across the warp
-            float lg[2], w[2];
-            bool in_hist[2], valid[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const unsigned s = lane + 32 * i;
-                valid[i] = s < n_src;
-                in_hist[i] = s < n_hist;
-                lg[i] = valid[i] ? logits[c * LOGIT_LD + s] * inv_sqrt_hd : -INFINITY;
-            }
-            const float mh = warp_max(fmaxf(in_hist[0] ? lg[0] : -INFINITY, in_hist[1] ? lg[1] : -INFINITY));
-            const float mc = warp_max(fmaxf(valid[0] && !in_hist[0] ? lg[0] : -INFINITY,
-                                            valid[1] && !in_hist[1] ? lg[1] : -INFINITY));
-            float eh = 0.0f, ec = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                w[i] = 0.0f;
-                if (valid[i]) {
-                    w[i] = __expf(lg[i] - (in_hist[i] ? mh : mc));
-                    if (in_hist[i]) eh += w[i]; else ec += w[i];
+        // Two-pool softmax, one candidate row per lane (lanes 0..15 of each warp own the
+        // warp's 16 rows): serial over the sources, no cross-lane reductions.
+        if (lane < 16) {
+            const unsigned c = warp * 16 + lane;
+            if (cand[c] != NO_ITEM) {
+                float* row = logits + c * LOGIT_LD;
+                const float* prod = products + c * LOGIT_LD;
+                float mh = -INFINITY, mc = -INFINITY;
+                for (unsigned s = 0; s < n_src; ++s) {
+                    const float lg = row[s] * inv_sqrt_hd;
+                    row[s] = lg;
+                    if (s < n_hist) mh = fmaxf(mh, lg); else mc = fmaxf(mc, lg);
                 }
+                float sh = 0.0f, sc = 0.0f;
+                for (unsigned s = 0; s < n_src; ++s) {
+                    const float e = __expf(row[s] - (s < n_hist ? mh : mc));
+                    row[s] = e;
+                    if (s < n_hist) sh += e; else sc += e;
+                }
+                const float hist_scale = sh > 0.0f ? hist_mass / sh : 0.0f;
+                const float ctx_scale = sc > 0.0f ? ctx_mass / sc : 0.0f;
+                const float inv_heads = 1.0f / (float)p.heads;
+                float contribution = 0.0f;
+                for (unsigned s = 0; s < n_src; ++s) {
+                    const float w = row[s] * (s < n_hist ? hist_scale : ctx_scale);
+                    contribution += w * prod[s];
+                    attr[c * ATTR_LD + s] += w * inv_heads;
+                }
+                attention[c] += contribution;
             }
-            const float sh = warp_sum(eh), sc = warp_sum(ec);
-            float contribution = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                if (!valid[i]) continue;
-                const unsigned s = lane + 32 * i;
-                w[i] *= in_hist[i] ? hist_mass / sh : ctx_mass / sc;
-                contribution += w[i] * products[c * LOGIT_LD + s];
-                attr[c * MAX_SLOTS + s] += w[i] / (float)p.heads;
-            }
-            contribution = warp_sum(contribution);
-            if (lane == 0) attention[c] += contribution;
         }
         __syncthreads();
     }
@@ -286,7 +271,7 @@ rerank_attend(const RerankParams p) {
         }
         for (unsigned s = lane; s < p.slots; s += 32)
             p.attributions[out * p.slots + s] =
-                (item != NO_ITEM && s < n_src) ? attr[c * MAX_SLOTS + s] : 0.0f;
+                (item != NO_ITEM && s < n_src) ? attr[c * ATTR_LD + s] : 0.0f;
     }
 }
 

@@ -24,7 +24,7 @@ const CHUNK: usize = 64;
 fn rerank_shared_bytes(head_dim: usize) -> usize {
     let hdp = head_dim + 16;
     let halves = 2 * MAX_SLOTS * hdp + 2 * CHUNK * hdp;
-    let floats = 2 * CHUNK * (MAX_SLOTS + 4) + CHUNK * MAX_SLOTS + CHUNK;
+    let floats = 2 * CHUNK * (MAX_SLOTS + 4) + CHUNK * (MAX_SLOTS + 1) + CHUNK;
     halves * 2 + floats * 4 + MAX_SLOTS * 8 + CHUNK * 4
 }
 
