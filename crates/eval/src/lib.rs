@@ -10,6 +10,36 @@
 //! lists; [`evaluate`] checks the lists and scores them. Systems that score every item
 //! implement [`Scorer`] and are wrapped in [`Scored`]. The baselines live in
 //! [`baselines`]; pipeline variants plug in through the same trait.
+//!
+//! ```no_run
+//! use hyperrec_eval::{QueryCase, Restriction, Scored, Scorer, TrainingView, VariantError};
+//!
+//! /// Scores items by how many of the user's training items share the query's genre.
+//! struct GenreAffinity;
+//!
+//! impl Scorer for GenreAffinity {
+//!     fn score(
+//!         &self,
+//!         view: &TrainingView<'_>,
+//!         query: &QueryCase,
+//!         scores: &mut [f32],
+//!     ) -> Result<(), VariantError> {
+//!         let liked = view
+//!             .history(query.user_row)
+//!             .iter()
+//!             .filter(|h| view.genres().contains(query.genre, h.item))
+//!             .count() as f32;
+//!         for (item, score) in scores.iter_mut().enumerate() {
+//!             *score = liked * view.popularity()[item] as f32;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // Reported as "genre_affinity", ranked among the query genre's items only.
+//! let variant = Scored::new("genre_affinity", GenreAffinity, Restriction::QueryGenre);
+//! # let _ = variant;
+//! ```
 
 pub mod baselines;
 pub mod metrics;
