@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyperrec_cache::CacheConfig;
+use hyperrec_cache::{CacheConfig, RowSource};
 use hyperrec_catalog::ProfileRule;
 use hyperrec_fusion::FusionConfig;
 use hyperrec_rerank::RerankConfig;
@@ -27,6 +27,19 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// What the temporal cache's similarity rows hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum CacheRows {
+    /// Cosine of item embeddings: works at any catalog size, needs no ratings.
+    #[default]
+    Embedding,
+    /// Cosine over binary co-ratings (item-kNN), fitted on the loaded ratings.
+    ItemKnn,
+    /// EASE item-item weights (Steck 2019), fitted on the loaded ratings. Dense over the
+    /// rated items: for catalogs of some ten thousand items.
+    Ease { lambda: f64 },
+}
+
 /// The temporal cache's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheSettings {
@@ -38,6 +51,8 @@ pub struct CacheSettings {
     pub history_len: usize,
     /// Weight of the history prior in retrieval scores.
     pub history_weight: f32,
+    /// What the rows hold.
+    pub rows: CacheRows,
 }
 
 impl Default for CacheSettings {
@@ -47,6 +62,7 @@ impl Default for CacheSettings {
             half_life_secs: 30.0 * 24.0 * 3600.0,
             history_len: 50,
             history_weight: 0.5,
+            rows: CacheRows::default(),
         }
     }
 }
@@ -131,8 +147,9 @@ impl PipelineConfig {
         }
     }
 
-    pub(crate) fn cache_config(&self, item_ids: Arc<[ItemId]>) -> CacheConfig {
+    pub(crate) fn cache_config(&self, item_ids: Arc<[ItemId]>, source: RowSource) -> CacheConfig {
         CacheConfig {
+            source,
             hot_items: self.cache.hot_items,
             half_life_secs: self.cache.half_life_secs,
             history_len: self.cache.history_len,

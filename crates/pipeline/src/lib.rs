@@ -13,6 +13,7 @@
 //! next travels in the [`Batch`]. Architecture Invariant: the pipeline synchronizes with the
 //! device once per batch, after the last stage.
 
+mod collab;
 mod config;
 mod error;
 mod events;
@@ -21,7 +22,7 @@ mod response;
 
 use std::sync::Arc;
 
-use hyperrec_cache::{CacheHandle, CacheLookup, TemporalCache};
+use hyperrec_cache::{CacheHandle, CacheLookup, RowSource, TemporalCache};
 use hyperrec_catalog::{Dataset, HistoryEntry, ItemEmbeddings, SharedUsers, UserTable};
 use hyperrec_encoder::{EncoderStage, QueryEncoder};
 use hyperrec_fusion::Fusion;
@@ -30,7 +31,7 @@ use hyperrec_similarity::Similarity;
 use hyperrec_stage::{Batch, Cpu, Device, DeviceKind, Event, ItemId, Request, Stage, StageTiming};
 use parking_lot::RwLock;
 
-pub use config::{CacheSettings, DeviceChoice, MAX_K, PipelineConfig};
+pub use config::{CacheRows, CacheSettings, DeviceChoice, MAX_K, PipelineConfig};
 pub use error::PipelineError;
 pub use events::EventLog;
 pub use index::{IndexReport, item_embeddings};
@@ -88,8 +89,15 @@ impl Pipeline {
 
         // Popularity is seeded from every history entry; the hot rows are built here.
         let item_ids: Arc<[ItemId]> = dataset.catalog.items().iter().map(|item| item.id).collect();
-        let cache =
-            TemporalCache::new(items.clone(), users.clone(), config.cache_config(item_ids))?;
+        let source = match collab::fit(config.cache.rows, &dataset)? {
+            Some(model) => RowSource::Custom(Arc::new(collab::CollabRows(model))),
+            None => RowSource::Embedding,
+        };
+        let cache = TemporalCache::new(
+            items.clone(),
+            users.clone(),
+            config.cache_config(item_ids, source),
+        )?;
         let cache_handle = cache.handle();
 
         let weights = match &config.rerank_weights {
