@@ -137,7 +137,10 @@ pub fn recommend(args: RecommendArgs) -> anyhow::Result<()> {
 /// A response as a person reads it.
 pub fn print_response(request: &Request, response: &Response) {
     if response.cold_start {
-        println!("(cold start: no profile for user {}; query and context only)", request.user);
+        println!(
+            "(cold start: no profile for user {}; query and context only)",
+            request.user
+        );
     }
     for (rank, item) in response.items.iter().enumerate() {
         println!(
@@ -188,10 +191,19 @@ pub fn similar(args: SimilarArgs) -> anyhow::Result<()> {
         println!(
             "items similar to {} ({})",
             app.pipeline.dataset().catalog.item(source).title,
-            if hit { "temporal cache hit" } else { "cache miss: computed" }
+            if hit {
+                "temporal cache hit"
+            } else {
+                "cache miss: computed"
+            }
         );
         for (rank, item) in items.iter().enumerate() {
-            println!("{:>3}. {:<60} {:>7.3}", rank + 1, truncate(&item.title, 60), item.score);
+            println!(
+                "{:>3}. {:<60} {:>7.3}",
+                rank + 1,
+                truncate(&item.title, 60),
+                item.score
+            );
         }
     }
     Ok(())
@@ -211,14 +223,25 @@ pub fn event(args: EventArgs) -> anyhow::Result<()> {
     };
     let timestamp = match args.timestamp {
         Some(t) => t,
-        None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
     };
-    let event = Event { user: UserId(args.user), item: ItemId(args.item), interaction, timestamp };
+    let event = Event {
+        user: UserId(args.user),
+        item: ItemId(args.item),
+        interaction,
+        timestamp,
+    };
     let mut app = app::load(&args.common, true)?;
     // Validate against the live state first, so the log only ever holds events that apply.
     app.pipeline.apply_event(&event)?;
     app.events.append(&event)?;
-    println!("recorded: user {} {:?} item {} at {}", args.user, interaction, args.item, timestamp);
+    println!(
+        "recorded: user {} {:?} item {} at {}",
+        args.user, interaction, args.item, timestamp
+    );
     Ok(())
 }
 

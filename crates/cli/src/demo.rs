@@ -65,13 +65,27 @@ fn contexts() -> [(&'static str, Context); 3] {
     [
         (
             "evening, alone",
-            Context { time_of_day: Some(TimeOfDay::Evening), social: Some(Social::Alone), ..Context::default() },
+            Context {
+                time_of_day: Some(TimeOfDay::Evening),
+                social: Some(Social::Alone),
+                ..Context::default()
+            },
         ),
         (
             "afternoon, with a group",
-            Context { time_of_day: Some(TimeOfDay::Afternoon), social: Some(Social::Group), ..Context::default() },
+            Context {
+                time_of_day: Some(TimeOfDay::Afternoon),
+                social: Some(Social::Group),
+                ..Context::default()
+            },
         ),
-        ("morning", Context { time_of_day: Some(TimeOfDay::Morning), ..Context::default() }),
+        (
+            "morning",
+            Context {
+                time_of_day: Some(TimeOfDay::Morning),
+                ..Context::default()
+            },
+        ),
     ]
 }
 
@@ -107,7 +121,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         println!(
             "item index: {} ({:.1}s)\n",
-            if app.index.reused { "reused from disk" } else { "computed" },
+            if app.index.reused {
+                "reused from disk"
+            } else {
+                "computed"
+            },
             app.index.elapsed.as_secs_f64()
         );
     }
@@ -134,7 +152,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 print_response(&request, &response);
                 println!();
             }
-            sections.push(Section { profile: profile.name, context: label, response });
+            sections.push(Section {
+                profile: profile.name,
+                context: label,
+                response,
+            });
         }
     }
     if args.json {
@@ -182,7 +204,9 @@ fn describe(pipeline: &Pipeline, profile: &Profile) -> String {
         .ratings
         .iter()
         .filter_map(|&(id, rating)| {
-            catalog.index_of(ItemId(id)).map(|i| format!("{} {rating}", catalog.item(i).title))
+            catalog
+                .index_of(ItemId(id))
+                .map(|i| format!("{} {rating}", catalog.item(i).title))
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hyperrec", version, about = "Hyper-personalized recommendations on a GPU")]
+#[command(
+    name = "hyperrec",
+    version,
+    about = "Hyper-personalized recommendations on a GPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
