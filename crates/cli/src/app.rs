@@ -11,7 +11,9 @@ use std::num::NonZeroUsize;
 use hyperrec_encoder::{
     DEFAULT_MODEL, DEFAULT_QUERY_CACHE_CAPACITY, Encoder, QueryEncoder, resolve_model,
 };
-use hyperrec_pipeline::{EventLog, IndexReport, Pipeline, PipelineConfig, item_embeddings};
+use hyperrec_pipeline::{
+    DeviceChoice, EventLog, IndexReport, Pipeline, PipelineConfig, item_embeddings,
+};
 
 /// Options shared by every command that serves recommendations.
 #[derive(Args, Clone, Debug)]
@@ -36,6 +38,22 @@ pub struct CommonArgs {
     /// Hot items with precomputed similarity rows in the temporal cache.
     #[arg(long, default_value_t = 10_000)]
     pub hot_items: usize,
+    /// Where to answer: auto (the GPU when present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    match text {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| format!("`{other}`: use auto, cpu, cuda or cuda:N")),
+    }
 }
 
 /// A loaded pipeline with its durable event log.
@@ -81,6 +99,7 @@ impl CommonArgs {
             ..PipelineConfig::default()
         };
         config.cache.hot_items = self.hot_items;
+        config.device = self.device;
         config
     }
 }

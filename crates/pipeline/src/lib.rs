@@ -17,6 +17,8 @@ mod collab;
 mod config;
 mod error;
 mod events;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod index;
 mod response;
 
@@ -53,6 +55,10 @@ pub struct Pipeline {
     context: Arc<ContextVocabulary>,
     stages: Vec<Box<dyn Stage<Cpu>>>,
     batch: Batch<Cpu>,
+    /// The GPU path, when the pipeline runs on a CUDA device: the CPU stages after `encode`
+    /// then stay as the reference and serve `similar`, the GPU answers requests.
+    #[cfg(feature = "cuda")]
+    gpu: Option<gpu::GpuBackend>,
 }
 
 impl Pipeline {
@@ -104,6 +110,24 @@ impl Pipeline {
             Some(path) => RerankWeights::load(path)?,
             None => RerankWeights::untrained(dim, config.rerank.heads),
         };
+        #[cfg(feature = "cuda")]
+        let gpu = match cuda_ordinal(config.device)? {
+            Some(ordinal) => Some(gpu::GpuBackend::new(
+                ordinal,
+                &items,
+                &users,
+                &context,
+                &config,
+                weights.clone(),
+            )?),
+            None => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        if let DeviceChoice::Cuda(_) = config.device {
+            return Err(PipelineError::Config(
+                "this build has no CUDA support: rebuild with `--features cuda`".into(),
+            ));
+        }
         let stages: Vec<Box<dyn Stage<Cpu>>> = vec![
             Box::new(EncoderStage::new(encoder.clone())),
             Box::new(Fusion::new(users.clone(), config.fusion_config())?),
@@ -131,6 +155,8 @@ impl Pipeline {
             cache: cache_handle,
             context,
             stages,
+            #[cfg(feature = "cuda")]
+            gpu,
         })
     }
 
@@ -148,7 +174,12 @@ impl Pipeline {
         Ok(std::mem::replace(&mut self.stages[slot], stage))
     }
 
+    /// Where requests are answered.
     pub fn device(&self) -> DeviceKind {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.cuda().kind();
+        }
         Cpu.kind()
     }
 
@@ -198,6 +229,14 @@ impl Pipeline {
         for request in requests {
             self.config.validate_request(request)?;
         }
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            let mut responses = Vec::with_capacity(requests.len());
+            for chunk in requests.chunks(gpu::MAX_BUCKET) {
+                responses.extend(self.recommend_on_gpu(chunk)?);
+            }
+            return Ok(responses);
+        }
         let device = Cpu;
         self.batch.reset(&device, requests.to_vec())?;
         let mut marks = Vec::with_capacity(self.stages.len() + 1);
@@ -220,6 +259,38 @@ impl Pipeline {
             &self.dataset.catalog,
             total,
             device.kind(),
+        ))
+    }
+
+    /// Encodes on the host, then runs the rest of the path on the GPU.
+    #[cfg(feature = "cuda")]
+    fn recommend_on_gpu(&mut self, requests: &[Request]) -> Result<Vec<Response>, PipelineError> {
+        let Some(gpu) = self.gpu.as_mut() else {
+            return Err(PipelineError::Config("no GPU path".into()));
+        };
+        let host = Cpu;
+        self.batch.reset(&host, requests.to_vec())?;
+        let started = host.mark()?;
+        self.stages[0].run(&host, &mut self.batch)?;
+        let encoded = host.mark()?;
+        let post_encoding = gpu.run(&mut self.batch)?;
+        let finished = host.mark()?;
+        self.batch.timings = vec![
+            StageTiming {
+                stage: self.stages[0].name(),
+                elapsed: host.elapsed(&started, &encoded)?,
+            },
+            StageTiming {
+                stage: "post_encoding",
+                elapsed: post_encoding,
+            },
+        ];
+        let total = host.elapsed(&started, &finished)?;
+        Ok(response::collect(
+            &self.batch,
+            &self.dataset.catalog,
+            total,
+            gpu.cuda().kind(),
         ))
     }
 
@@ -248,6 +319,10 @@ impl Pipeline {
         );
         for stage in &mut self.stages {
             stage.observe(&Cpu, event)?;
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &mut self.gpu {
+            gpu.observe(event)?;
         }
         Ok(())
     }
@@ -301,9 +376,40 @@ impl Pipeline {
             "workspace",
             response::batch_bytes(&self.batch),
         ));
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            for device_component in gpu.memory() {
+                match components
+                    .iter_mut()
+                    .find(|c| c.name == device_component.name)
+                {
+                    Some(component) => component.device_bytes += device_component.device_bytes,
+                    None => components.push(device_component),
+                }
+            }
+        }
         MemoryReport {
-            device: Cpu.kind(),
+            device: self.device(),
             components,
+        }
+    }
+}
+
+/// The CUDA device the configuration asks for, if any: `Auto` takes device 0 when one is
+/// present, `Cuda(n)` insists on device `n`.
+#[cfg(feature = "cuda")]
+fn cuda_ordinal(choice: DeviceChoice) -> Result<Option<usize>, PipelineError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(None),
+        DeviceChoice::Auto => Ok(hyperrec_kernels::Cuda::is_available().then_some(0)),
+        DeviceChoice::Cuda(ordinal) => {
+            if hyperrec_kernels::Cuda::is_available() {
+                Ok(Some(ordinal))
+            } else {
+                Err(PipelineError::Config(format!(
+                    "cuda:{ordinal} was asked for, but no CUDA device is available"
+                )))
+            }
         }
     }
 }
