@@ -82,7 +82,11 @@ pub fn compare(baseline: &[Figure], current: &[Figure], max_regression_pct: f64)
             continue;
         };
         let change_pct = if base.value == 0.0 {
-            if now.value == 0.0 { 0.0 } else { f64::INFINITY * now.value.signum() }
+            if now.value == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY * now.value.signum()
+            }
         } else {
             (now.value - base.value) / base.value.abs() * 100.0
         };
@@ -168,7 +172,10 @@ mod tests {
         assert!(missing.to_markdown().contains("MISSING"));
         let extra = compare(
             &base,
-            &[figure("a", 1.0, Better::Lower), figure("b", 9.0, Better::Lower)],
+            &[
+                figure("a", 1.0, Better::Lower),
+                figure("b", 9.0, Better::Lower),
+            ],
             10.0,
         );
         assert!(extra.passed());

@@ -157,8 +157,16 @@ pub fn write_peer_input(
 ) -> Result<(), ExportError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let dim = items.dim();
-    write_npy(&dir.join("items.npy"), &[items.len(), dim], items.as_slice())?;
-    write_npy(&dir.join("users.npy"), &[users.len(), dim], users.embeddings())?;
+    write_npy(
+        &dir.join("items.npy"),
+        &[items.len(), dim],
+        items.as_slice(),
+    )?;
+    write_npy(
+        &dir.join("users.npy"),
+        &[users.len(), dim],
+        users.embeddings(),
+    )?;
 
     let h = config.history_len;
     let mut history = vec![-1i32; users.len() * h];
@@ -175,8 +183,16 @@ pub fn write_peer_input(
         seen_offsets.push(seen_items.len() as i64);
     }
     write_npy(&dir.join("history.npy"), &[users.len(), h], &history)?;
-    write_npy(&dir.join("seen_offsets.npy"), &[seen_offsets.len()], &seen_offsets)?;
-    write_npy(&dir.join("seen_items.npy"), &[seen_items.len()], &seen_items)?;
+    write_npy(
+        &dir.join("seen_offsets.npy"),
+        &[seen_offsets.len()],
+        &seen_offsets,
+    )?;
+    write_npy(
+        &dir.join("seen_items.npy"),
+        &[seen_items.len()],
+        &seen_items,
+    )?;
     write_json(&dir.join("config.json"), config)?;
 
     let row = |id| users.index_of(id).map_or(-1, i64::from);
@@ -235,8 +251,7 @@ pub fn write_fp16_model(
                 .data()
                 .chunks_exact(4)
                 .flat_map(|b| {
-                    half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .to_le_bytes()
+                    half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
                 })
                 .collect();
             (Dtype::F16, halves)

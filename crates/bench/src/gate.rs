@@ -37,7 +37,9 @@ pub enum GateError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("callgrind wrote no per-stage dumps in {0} (was the workload built with client requests?)")]
+    #[error(
+        "callgrind wrote no per-stage dumps in {0} (was the workload built with client requests?)"
+    )]
     NoDumps(PathBuf),
     #[error("malformed callgrind output {file}: {message}")]
     Malformed { file: PathBuf, message: String },
@@ -144,12 +146,12 @@ pub fn read_profiles(dir: &Path) -> Result<BTreeMap<String, u64>, GateError> {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(io)?;
-        if let Some((stage, instructions)) = parse_profile(&text).map_err(|message| {
-            GateError::Malformed {
+        if let Some((stage, instructions)) =
+            parse_profile(&text).map_err(|message| GateError::Malformed {
                 file: path.clone(),
                 message,
-            }
-        })? {
+            })?
+        {
             *per_stage.entry(stage).or_default() += instructions;
         }
     }
@@ -179,7 +181,10 @@ pub fn parse_profile(text: &str) -> Result<Option<(String, u64)>, String> {
         .ok_or("no Ir event")?;
     let totals = text
         .lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .ok_or("no `summary:` or `totals:` line")?;
     let instructions = totals
         .split_whitespace()
@@ -234,7 +239,9 @@ mod tests {
 
     #[test]
     fn a_dump_without_counts_is_malformed() {
-        let broken = DUMP.replace("summary: 123456", "").replace("totals: 123456", "");
+        let broken = DUMP
+            .replace("summary: 123456", "")
+            .replace("totals: 123456", "");
         assert!(parse_profile(&broken).is_err());
     }
 
@@ -269,7 +276,13 @@ mod tests {
                 percent: 20
             })
         );
-        for bad in ["similarity", ":20", "similarity:0", "similarity:x", "a:5000"] {
+        for bad in [
+            "similarity",
+            ":20",
+            "similarity:0",
+            "similarity:x",
+            "a:5000",
+        ] {
             assert!(Slowdown::parse(bad).is_err(), "{bad}");
         }
     }

@@ -18,7 +18,9 @@ use std::ffi::CString;
 use std::sync::Arc;
 
 use hyperrec_catalog::Dataset;
-use hyperrec_catalog::synthetic::{SyntheticConfig, generate, synthetic_contexts, synthetic_queries};
+use hyperrec_catalog::synthetic::{
+    SyntheticConfig, generate, synthetic_contexts, synthetic_queries,
+};
 use hyperrec_encoder::QueryEncoder;
 use hyperrec_pipeline::{Pipeline, PipelineConfig, STAGE_ORDER};
 use hyperrec_stage::{Batch, Cpu, Event, Request, Stage, StageError, UserId};
@@ -141,9 +143,9 @@ pub fn instrument(
     for name in STAGE_ORDER {
         let inner = pipeline.replace_stage(name, Box::new(Vacant))?;
         let extra_runs = match slowdown {
-            Some(s) if s.stage == name => {
-                (GATE_BATCHES * s.percent as usize).div_ceil(100).min(GATE_BATCHES)
-            }
+            Some(s) if s.stage == name => (GATE_BATCHES * s.percent as usize)
+                .div_ceil(100)
+                .min(GATE_BATCHES),
             _ => 0,
         };
         let label = CString::new(format!("{DUMP_LABEL_PREFIX}{name}"))?;
@@ -166,7 +168,12 @@ pub fn run(
     slowdown: Option<&Slowdown>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = std::time::Instant::now();
-    let phase = |what: &str| eprintln!("[gate-workload] {:>7.1} s  {what}", started.elapsed().as_secs_f64());
+    let phase = |what: &str| {
+        eprintln!(
+            "[gate-workload] {:>7.1} s  {what}",
+            started.elapsed().as_secs_f64()
+        )
+    };
     let dataset = gate_dataset();
     phase("dataset generated");
     // Anchors are seeded vectors rather than encoder outputs: under callgrind every encoder

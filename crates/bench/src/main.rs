@@ -204,7 +204,14 @@ fn run_suite(args: &RunArgs) -> anyhow::Result<bool> {
         ItemEmbeddingsArg::Synthetic => false,
         ItemEmbeddingsArg::Encoder => true,
     };
-    let (items, item_source) = item_embeddings(&dataset, &encoder, &model_files, use_encoder, kind, args.seed)?;
+    let (items, item_source) = item_embeddings(
+        &dataset,
+        &encoder,
+        &model_files,
+        use_encoder,
+        kind,
+        args.seed,
+    )?;
 
     let mut config = PipelineConfig::default();
     config.device = match args.device {
@@ -294,7 +301,10 @@ fn run_suite(args: &RunArgs) -> anyhow::Result<bool> {
             let comparison = compare(&baseline.figures, &result.figures, args.max_regression);
             println!("{}", comparison.to_markdown());
             if comparison.passed() {
-                println!("gate: passed (no figure worse by more than {}%)", args.max_regression);
+                println!(
+                    "gate: passed (no figure worse by more than {}%)",
+                    args.max_regression
+                );
             } else {
                 println!("gate: FAILED");
             }
@@ -334,10 +344,7 @@ fn item_embeddings(
         };
         Ok((
             items,
-            format!(
-                "encoder ({how}, {:.1} s)",
-                report.elapsed.as_secs_f64()
-            ),
+            format!("encoder ({how}, {:.1} s)", report.elapsed.as_secs_f64()),
         ))
     } else {
         log("item embeddings: synthetic, anchored on encoded genre and tag phrases");
@@ -387,7 +394,10 @@ fn peer(
     model_files: &hyperrec_encoder::ModelFiles,
 ) -> anyhow::Result<PeerResult> {
     let input = args.out.join("peer-input");
-    log(&format!("exporting the peer's input to {}", input.display()));
+    log(&format!(
+        "exporting the peer's input to {}",
+        input.display()
+    ));
     let pipeline = workload.pipeline();
     write_peer_input(
         &input,
@@ -425,7 +435,10 @@ fn peer(
         DeviceArg::Cpu => "cpu",
         DeviceArg::Cuda => "cuda",
     };
-    log(&format!("running the PyTorch peer on {device} (model {})", model.display()));
+    log(&format!(
+        "running the PyTorch peer on {device} (model {})",
+        model.display()
+    ));
     let status = Command::new(&args.python)
         .arg(root.join("bench/peer/peer.py"))
         .arg("--input")
@@ -462,7 +475,10 @@ fn run_gate(args: &GateArgs) -> anyhow::Result<bool> {
     ));
     let started = Instant::now();
     let counts = gate::count_instructions(&exe, &args.out, slowdown.as_ref())?;
-    log(&format!("callgrind run took {:.0} s", started.elapsed().as_secs_f64()));
+    log(&format!(
+        "callgrind run took {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
     let current = FigureFile {
         figures: gate::figures(&counts),
     };
@@ -474,10 +490,17 @@ fn run_gate(args: &GateArgs) -> anyhow::Result<bool> {
         if let Some(parent) = args.baseline.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&args.baseline, serde_json::to_string_pretty(&current)? + "\n")?;
+        std::fs::write(
+            &args.baseline,
+            serde_json::to_string_pretty(&current)? + "\n",
+        )?;
         println!("wrote {}", args.baseline.display());
         for f in &current.figures {
-            println!("{}: {}", f.name, hyperrec_bench::compare::format_value(f.value));
+            println!(
+                "{}: {}",
+                f.name,
+                hyperrec_bench::compare::format_value(f.value)
+            );
         }
         return Ok(true);
     }
@@ -500,7 +523,10 @@ fn run_gate_workload() -> anyhow::Result<()> {
     let slowdown = Slowdown::from_env()?;
     let started = Instant::now();
     let (encoder, _) = load_encoder()?;
-    eprintln!("[gate-workload] {:>7.1} s  encoder loaded", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[gate-workload] {:>7.1} s  encoder loaded",
+        started.elapsed().as_secs_f64()
+    );
     gate_workload::run(encoder, slowdown.as_ref()).map_err(|e| anyhow::anyhow!(e))
 }
 

@@ -43,23 +43,24 @@ fn colour(n: usize) -> RGBColor {
 /// on a logarithmic time axis (stages differ by orders of magnitude).
 pub fn latency_cdf(result: &BenchResult, file: &Path) -> Result<(), PlotError> {
     let err = plot_error(file);
-    let curves: Vec<(String, Vec<(f64, f64)>)> =
-        ordered_stages(result.latency_samples_us.keys())
-            .into_iter()
-            .filter_map(|stage| {
-                let samples = result.latency_samples_us.get(&stage)?;
-                // A log axis cannot show zero; a stage that took under 0.01 us is drawn there.
-                let points: Vec<(f64, f64)> = cdf_points(samples, 400)
-                    .into_iter()
-                    .map(|(x, y)| (x.max(0.01), y))
-                    .collect();
-                (!points.is_empty()).then_some((stage, points))
-            })
-            .collect();
+    let curves: Vec<(String, Vec<(f64, f64)>)> = ordered_stages(result.latency_samples_us.keys())
+        .into_iter()
+        .filter_map(|stage| {
+            let samples = result.latency_samples_us.get(&stage)?;
+            // A log axis cannot show zero; a stage that took under 0.01 us is drawn there.
+            let points: Vec<(f64, f64)> = cdf_points(samples, 400)
+                .into_iter()
+                .map(|(x, y)| (x.max(0.01), y))
+                .collect();
+            (!points.is_empty()).then_some((stage, points))
+        })
+        .collect();
     let (lo, hi) = curves
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        });
     if curves.is_empty() || !lo.is_finite() {
         return Ok(());
     }
@@ -69,7 +70,9 @@ pub fn latency_cdf(result: &BenchResult, file: &Path) -> Result<(), PlotError> {
         "Single-query latency CDF: {} on {} ({} queries)",
         result.settings.scenario,
         result.settings.device,
-        curves.first().map_or(0, |(s, _)| result.latency_samples_us[s].len())
+        curves
+            .first()
+            .map_or(0, |(s, _)| result.latency_samples_us[s].len())
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -120,10 +123,7 @@ pub fn qps_vs_batch(result: &BenchResult, file: &Path) -> Result<(), PlotError> 
     if let Some(peer) = &result.peer
         && !peer.batches.is_empty()
     {
-        series.push((
-            format!("PyTorch peer ({})", peer.device),
-            &peer.batches,
-        ));
+        series.push((format!("PyTorch peer ({})", peer.device), &peer.batches));
     }
     let all = series.iter().flat_map(|(_, b)| b.iter());
     let (mut x_hi, mut y_lo, mut y_hi) = (1.0f64, f64::INFINITY, 0.0f64);

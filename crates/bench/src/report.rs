@@ -160,9 +160,21 @@ fn encoding_and_cache_section(out: &mut String, result: &BenchResult) {
             c.misses
         );
         let _ = writeln!(out, "| hit rate | {:.1}% |", c.hit_rate * 100.0);
-        let _ = writeln!(out, "| hit latency median / p99 (us) | {} |", pair(&c.hit_latency));
-        let _ = writeln!(out, "| miss latency median / p99 (us) | {} |", pair(&c.miss_latency));
-        let _ = writeln!(out, "| full rebuild (ms) | {} |\n", format_value(c.rebuild_ms));
+        let _ = writeln!(
+            out,
+            "| hit latency median / p99 (us) | {} |",
+            pair(&c.hit_latency)
+        );
+        let _ = writeln!(
+            out,
+            "| miss latency median / p99 (us) | {} |",
+            pair(&c.miss_latency)
+        );
+        let _ = writeln!(
+            out,
+            "| full rebuild (ms) | {} |\n",
+            format_value(c.rebuild_ms)
+        );
     }
 }
 

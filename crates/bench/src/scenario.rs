@@ -180,14 +180,22 @@ pub fn synthetic_item_embeddings(
             let noise: f32 = StandardNormal.sample(&mut rng);
             *x = 0.6 * noise / (dim as f32).sqrt();
         }
-        let genre_phrases = item.genres.iter().map(|g| format!("{} movies", g.to_lowercase()));
+        let genre_phrases = item
+            .genres
+            .iter()
+            .map(|g| format!("{} movies", g.to_lowercase()));
         for phrase in genre_phrases {
             add(row, anchor_of(&phrase), 1.0);
         }
         for tag in &item.top_tags {
             add(row, anchor_of(tag), 0.5);
         }
-        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        let norm = row
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::MIN_POSITIVE);
         row.iter_mut().for_each(|x| *x /= norm);
     }
     ItemEmbeddings::new(dim, data).ok_or(ScenarioError::ZeroWidth)
@@ -387,7 +395,10 @@ mod tests {
         assert_eq!(a.len(), dataset.catalog.len());
         for i in 0..a.len() as ItemIndex {
             let norm: f32 = a.row(i).iter().map(|x| x * x).sum::<f32>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-4, "seed {seed}: item {i} norm {norm}");
+            assert!(
+                (norm - 1.0).abs() < 1e-4,
+                "seed {seed}: item {i} norm {norm}"
+            );
         }
         // Items sharing their genre list are closer on average than items sharing none.
         let items = dataset.catalog.items();

@@ -109,11 +109,18 @@ mod tests {
         assert_eq!(summary.min, sorted[0], "seed {seed}");
         assert_eq!(summary.max, sorted[n - 1], "seed {seed}");
         // Every quantile lies between the two ranks around it.
-        for (q, value) in [(0.5, summary.median), (0.95, summary.p95), (0.99, summary.p99)] {
+        for (q, value) in [
+            (0.5, summary.median),
+            (0.95, summary.p95),
+            (0.99, summary.p99),
+        ] {
             let position = q * (n - 1) as f64;
             let lo = sorted[position.floor() as usize];
             let hi = sorted[position.ceil() as usize];
-            assert!(lo <= value && value <= hi, "seed {seed}: q{q} {value} not in [{lo}, {hi}]");
+            assert!(
+                lo <= value && value <= hi,
+                "seed {seed}: q{q} {value} not in [{lo}, {hi}]"
+            );
         }
         assert!(summary.min <= summary.median && summary.median <= summary.p95);
         assert!(summary.p95 <= summary.p99 && summary.p99 <= summary.max);
@@ -143,7 +150,10 @@ mod tests {
         assert!(points.len() <= 201, "seed {seed}: {} points", points.len());
         assert_eq!(points.last().map(|p| p.1), Some(1.0), "seed {seed}");
         for pair in points.windows(2) {
-            assert!(pair[0].0 <= pair[1].0 && pair[0].1 < pair[1].1, "seed {seed}");
+            assert!(
+                pair[0].0 <= pair[1].0 && pair[0].1 < pair[1].1,
+                "seed {seed}"
+            );
         }
     }
 }

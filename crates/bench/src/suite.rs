@@ -236,10 +236,7 @@ mod tests {
         fn encode_texts(&mut self, _texts: &[String]) -> Result<bool, WorkloadError> {
             Ok(true)
         }
-        fn cache_lookup(
-            &mut self,
-            item: ItemIndex,
-        ) -> Result<Option<CacheOutcome>, WorkloadError> {
+        fn cache_lookup(&mut self, item: ItemIndex) -> Result<Option<CacheOutcome>, WorkloadError> {
             Ok(Some(if item % 2 == 0 {
                 CacheOutcome::Hit
             } else {
@@ -293,7 +290,10 @@ mod tests {
             .expect("fake workload");
         assert_eq!(m.cold_query[TOTAL], 1015.0);
         assert_eq!(m.latency[TOTAL].count, 10);
-        assert_eq!(m.latency[TOTAL].max, 15.0, "the cold query is not in the samples");
+        assert_eq!(
+            m.latency[TOTAL].max, 15.0,
+            "the cold query is not in the samples"
+        );
         assert_eq!(m.latency["encode"].median, 10.0);
         assert_eq!(fake.served.len(), 13);
         assert_eq!(fake.batches, vec![2, 2, 2], "one warm-up batch, two timed");
@@ -324,7 +324,10 @@ mod tests {
             fn encode_texts(&mut self, _: &[String]) -> Result<bool, WorkloadError> {
                 Ok(false)
             }
-            fn cache_lookup(&mut self, _: ItemIndex) -> Result<Option<CacheOutcome>, WorkloadError> {
+            fn cache_lookup(
+                &mut self,
+                _: ItemIndex,
+            ) -> Result<Option<CacheOutcome>, WorkloadError> {
                 Ok(None)
             }
             fn rebuild_cache(&mut self) -> Result<bool, WorkloadError> {
