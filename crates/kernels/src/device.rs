@@ -88,6 +88,89 @@ pub(crate) struct Kernels {
     pub topk_rows: CudaFunction,
     pub rerank_attend: CudaFunction,
     pub rerank_select: CudaFunction,
+    pub gather_rows: CudaFunction,
+    pub quantize_rows: CudaFunction,
+    pub mask_diagonal: CudaFunction,
+    pub cache_prior: CudaFunction,
+    pub dequantize_row: CudaFunction,
+    pub combine_rows: CudaFunction,
+    pub add_vectors: CudaFunction,
+}
+
+/// Directories where CUDA toolkits put their libraries, most specific first. cuBLAS is often
+/// installed there but not on the loader's default path (the device image has it only under
+/// `/usr/local/cuda-13.0/targets/x86_64-linux/lib`).
+fn cuda_library_dirs() -> Vec<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let mut dirs = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
+        if let Some(root) = std::env::var_os(var) {
+            let root = PathBuf::from(root);
+            dirs.push(root.join("lib64"));
+            dirs.push(root.join("targets/x86_64-linux/lib"));
+            dirs.push(root.join("lib"));
+        }
+    }
+    for root in [
+        "/usr/local/cuda",
+        "/usr/local/cuda-13.0",
+        "/usr/local/cuda-13",
+    ] {
+        let root = PathBuf::from(root);
+        dirs.push(root.join("lib64"));
+        dirs.push(root.join("targets/x86_64-linux/lib"));
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/local") {
+        let mut versioned: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("cuda-"))
+            })
+            .collect();
+        // Newest toolkit first.
+        versioned.sort();
+        versioned.reverse();
+        for root in versioned {
+            dirs.push(root.join("targets/x86_64-linux/lib"));
+            dirs.push(root.join("lib64"));
+        }
+    }
+    dirs
+}
+
+/// Loads cuBLAS (and cuBLASLt, which it needs) by full path from the usual toolkit
+/// directories and keeps them loaded, once per process. cudarc opens libraries by soname
+/// (`libcublas.so.13`); the dynamic loader answers a soname that an already-loaded library
+/// carries with that library, so after this cudarc finds cuBLAS without `LD_LIBRARY_PATH`.
+/// Does nothing where the loader already finds it.
+fn preload_cuda_libraries() {
+    use std::sync::OnceLock;
+    static LOADED: OnceLock<Vec<libloading::Library>> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        // SAFETY: probing whether the loader finds the library by name; loading cuBLAS runs
+        // only its own initializers.
+        if unsafe { libloading::Library::new("libcublas.so.13") }.is_ok() {
+            return Vec::new();
+        }
+        for dir in cuda_library_dirs() {
+            let (lt, blas) = (dir.join("libcublasLt.so.13"), dir.join("libcublas.so.13"));
+            if !blas.is_file() {
+                continue;
+            }
+            let mut kept = Vec::new();
+            // SAFETY: as above; cuBLASLt first so cuBLAS's dependency resolves to it.
+            if let Ok(lib) = unsafe { libloading::Library::new(&lt) } {
+                kept.push(lib);
+            }
+            if let Ok(lib) = unsafe { libloading::Library::new(&blas) } {
+                kept.push(lib);
+                return kept;
+            }
+        }
+        Vec::new()
+    });
 }
 
 /// Dynamic shared memory the top-K kernel may use (the H100's per-block maximum).
@@ -129,6 +212,13 @@ impl Kernels {
             topk_rows: function("topk", "topk_rows")?,
             rerank_attend: function("rerank", "rerank_attend")?,
             rerank_select: function("rerank", "rerank_select")?,
+            gather_rows: function("cache", "gather_rows")?,
+            quantize_rows: function("cache", "quantize_rows")?,
+            mask_diagonal: function("cache", "mask_diagonal")?,
+            cache_prior: function("cache", "cache_prior")?,
+            dequantize_row: function("cache", "dequantize_row")?,
+            combine_rows: function("cache", "combine_rows")?,
+            add_vectors: function("cache", "add_vectors")?,
             _modules: modules.into_iter().map(|(_, m)| m).collect(),
         };
         for (kernel, bytes) in [
@@ -204,6 +294,7 @@ impl Cuda {
 
     /// Number of CUDA devices, or why there are none usable.
     pub fn device_count() -> Result<usize, CudaError> {
+        preload_cuda_libraries();
         // SAFETY: only probes for the shared library; cudarc panics on a missing driver
         // library, so nothing else may be called before this succeeds.
         if !unsafe { sys::is_culib_present() } {
@@ -222,7 +313,13 @@ impl Cuda {
             return Err(CudaError::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(CudaError::from)?;
-        let stream = ctx.new_stream().map_err(CudaError::from)?;
+        // Queries get the highest priority, so the blocks of a cache rebuild on a side
+        // stream (lowest priority) yield the SMs to them.
+        ctx.bind_to_thread().map_err(CudaError::from)?;
+        let (_, greatest) = result::stream::get_priority_range().unwrap_or((0, 0));
+        let stream = ctx
+            .new_stream_with_priority(greatest)
+            .map_err(CudaError::from)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let kernels = Kernels::load(&ctx)?;
         let mut cuda = Cuda {
@@ -289,6 +386,77 @@ impl Cuda {
 
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
         self.stream.cu_stream()
+    }
+
+    /// The stream every stage enqueues on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// A second (non-blocking) stream of this context, for work that must not delay the
+    /// main stream (cache rebuilds).
+    pub(crate) fn new_side_stream(&self) -> Result<Arc<CudaStream>, CudaError> {
+        self.bind()?;
+        let (least, _) = result::stream::get_priority_range().unwrap_or((0, 0));
+        self.ctx
+            .new_stream_with_priority(least)
+            .map_err(CudaError::from)
+    }
+
+    /// An event with timing disabled, recorded on `stream`.
+    pub(crate) fn record_on(&self, stream: &CudaStream) -> Result<CudaEvent, CudaError> {
+        stream.record_event(None).map_err(CudaError::from)
+    }
+
+    /// Enqueues a copy of `host` to `buffer[at..]` on `stream` (pageable memory: the driver
+    /// stages it before returning).
+    pub(crate) fn upload_at_on<T: Element>(
+        &self,
+        stream: &CudaStream,
+        host: &[T],
+        buffer: &mut CudaBuffer<T>,
+        at: usize,
+    ) -> Result<(), CudaError> {
+        if at + host.len() > buffer.len {
+            return Err(CudaError::OutOfBounds {
+                end: at + host.len(),
+                len: buffer.len,
+            });
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: bounds checked above.
+        unsafe { result::memcpy_htod_async(buffer.ptr_at(at), host, stream.cu_stream()) }
+            .map_err(CudaError::from)
+    }
+
+    /// Copies `buffer[at..at + host.len()]` to `host` after all work of `stream` so far
+    /// (synchronizes `stream`).
+    pub(crate) fn download_at_on<T: Element>(
+        &self,
+        stream: &CudaStream,
+        buffer: &CudaBuffer<T>,
+        at: usize,
+        host: &mut [T],
+    ) -> Result<(), CudaError> {
+        if at + host.len() > buffer.len {
+            return Err(CudaError::OutOfBounds {
+                end: at + host.len(),
+                len: buffer.len,
+            });
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: bounds checked above; the stream is synchronized before `host` is read.
+        unsafe {
+            result::memcpy_dtoh_async(host, buffer.ptr_at(at), stream.cu_stream())
+                .map_err(CudaError::from)?;
+        }
+        stream.synchronize().map_err(CudaError::from)
     }
 
     /// An uninitialized buffer of `len` elements.
@@ -432,6 +600,34 @@ impl Cuda {
                 block,
                 shared_bytes,
                 self.cu_stream(),
+                params,
+            )
+        }
+        .map_err(CudaError::from)
+    }
+
+    /// [`Cuda::launch`] on another stream of this context.
+    ///
+    /// # Safety
+    /// As [`Cuda::launch`].
+    pub(crate) unsafe fn launch_on(
+        &self,
+        stream: &CudaStream,
+        function: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            result::launch_kernel(
+                function.cu_function(),
+                grid,
+                block,
+                shared_bytes,
+                stream.cu_stream(),
                 params,
             )
         }

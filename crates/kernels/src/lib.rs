@@ -8,16 +8,18 @@
 //!   `Cuda::is_available` says whether one is there.
 //! - `DeviceTables`: item embeddings, user profiles, recent histories and seen sets on the
 //!   device, updated by real-time events.
-//! - Stages: `CudaFusion`, `CudaSimilarity` (GEMM + the crate's own top-K selection) and
-//!   `CudaRerank`, each matching its CPU reference crate (the temporal cache has no GPU
-//!   twin yet; see `gpu-notes.md`).
-//! - `GpuPath`: the post-encoding path captured as one CUDA graph per batch-size bucket.
+//! - Stages: `CudaFusion`, `CudaCache` (the temporal cache: int8 hot rows, double-buffered,
+//!   rebuilt by fp16 GEMMs on a side stream), `CudaSimilarity` (GEMM + the crate's own top-K
+//!   selection) and `CudaRerank`, each matching its CPU reference crate.
+//! - `GpuPath`: the post-encoding path (optionally with the cache) captured as one CUDA graph per batch-size bucket.
 //!
 //! cudarc loads the CUDA libraries at run time, so the crate builds and its tests run (and
 //! skip the GPU ones, saying so) on machines without CUDA, with or without the feature.
 
 pub mod ptx;
 
+#[cfg(feature = "cuda")]
+mod cache;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
@@ -33,6 +35,8 @@ mod similarity;
 #[cfg(feature = "cuda")]
 mod tables;
 
+#[cfg(feature = "cuda")]
+pub use cache::{CudaCache, CudaCacheConfig, CudaCacheStats};
 #[cfg(feature = "cuda")]
 pub use device::{Cuda, CudaBuffer, CudaMark};
 #[cfg(feature = "cuda")]

@@ -7,7 +7,7 @@ use cudarc::driver::{result, sys};
 use hyperrec_stage::{Batch, Event, Stage, StageError};
 
 use crate::device::Cuda;
-use crate::{CudaError, CudaFusion, CudaRerank, CudaSimilarity, MemoryReport};
+use crate::{CudaCache, CudaError, CudaFusion, CudaRerank, CudaSimilarity, MemoryReport};
 
 /// Graphs kept at most; shapes beyond this start the cache afresh.
 const MAX_GRAPHS: usize = 64;
@@ -46,6 +46,8 @@ impl Drop for Captured {
 /// (run the stages one by one with marks for those).
 pub struct GpuPath {
     pub fusion: CudaFusion,
+    /// The temporal cache between fusion and similarity (see [`GpuPath::with_cache`]).
+    pub cache: Option<CudaCache>,
     pub similarity: CudaSimilarity,
     pub rerank: CudaRerank,
     graphs: HashMap<Vec<u64>, Captured>,
@@ -58,6 +60,7 @@ impl GpuPath {
     pub fn new(fusion: CudaFusion, similarity: CudaSimilarity, rerank: CudaRerank) -> GpuPath {
         GpuPath {
             fusion,
+            cache: None,
             similarity,
             rerank,
             graphs: HashMap::new(),
@@ -66,10 +69,33 @@ impl GpuPath {
         }
     }
 
-    /// Runs fusion, similarity and rerank on `batch` (whose `query_embeddings` are set);
+    /// The path with the temporal cache between fusion and similarity, and a finished
+    /// cache rebuild swapped in at the start of a batch. With the embedding row source the
+    /// history term is linear in the embeddings, so the path folds it into the query
+    /// (`fused + hw/|H| sum w_h e_h`, scored by the same GEMM) instead of writing and
+    /// reading an `[n, n_items]` prior; with a custom source the cache writes `item_prior`
+    /// and the similarity adds it.
+    pub fn with_cache(
+        fusion: CudaFusion,
+        cache: CudaCache,
+        similarity: CudaSimilarity,
+        rerank: CudaRerank,
+    ) -> GpuPath {
+        let mut cache = cache;
+        cache.set_fold(true);
+        GpuPath {
+            cache: Some(cache),
+            ..GpuPath::new(fusion, similarity, rerank)
+        }
+    }
+
+    /// Runs fusion, (cache,) similarity and rerank on `batch` (whose `query_embeddings` are set);
     /// enqueues only: synchronize (or download) before reading results.
     pub fn run(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
         self.fusion.prepare(cuda, batch)?;
+        if let Some(cache) = &mut self.cache {
+            cache.prepare(cuda, batch)?;
+        }
         self.similarity.prepare(cuda, batch)?;
         self.rerank.prepare(cuda, batch)?;
         let key = self.key(batch);
@@ -97,7 +123,11 @@ impl GpuPath {
 
     fn enqueue_all(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
         self.fusion.enqueue(cuda, batch)?;
-        self.similarity.enqueue(cuda, batch)?;
+        if let Some(cache) = &mut self.cache {
+            cache.enqueue(cuda, batch)?;
+        }
+        let offset = self.cache.as_ref().and_then(|cache| cache.query_offset());
+        self.similarity.enqueue_with_offset(cuda, batch, offset)?;
         self.rerank.enqueue(cuda, batch)
     }
 
@@ -141,6 +171,9 @@ impl GpuPath {
             batch.result_attributions.device_ptr(),
         ];
         key.extend(self.fusion.graph_key());
+        if let Some(cache) = &self.cache {
+            key.extend(cache.graph_key());
+        }
         key.extend(self.similarity.graph_key());
         key.extend(self.rerank.graph_key());
         key
@@ -155,14 +188,22 @@ impl GpuPath {
     /// user's rows once).
     pub fn observe(&mut self, cuda: &Cuda, event: &Event) -> Result<(), StageError> {
         self.fusion.observe(cuda, event)?;
+        if let Some(cache) = &mut self.cache {
+            cache.observe(cuda, event)?;
+        }
         self.similarity.observe(cuda, event)?;
         self.rerank.observe(cuda, event)
     }
 
     /// Device bytes of the stages' own buffers (the shared tables report separately).
     pub fn memory_report(&self) -> MemoryReport {
-        self.similarity
+        let stages = self
+            .similarity
             .memory_report()
-            .add(&self.rerank.memory_report())
+            .add(&self.rerank.memory_report());
+        match &self.cache {
+            Some(cache) => stages.add(&cache.memory_report()),
+            None => stages,
+        }
     }
 }

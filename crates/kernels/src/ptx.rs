@@ -32,6 +32,10 @@ pub const MODULES: &[PtxModule] = &[
         ptx: include_str!("../ptx/topk.ptx"),
     },
     PtxModule {
+        name: "cache",
+        ptx: include_str!("../ptx/cache.ptx"),
+    },
+    PtxModule {
         name: "rerank",
         ptx: include_str!("../ptx/rerank.ptx"),
     },

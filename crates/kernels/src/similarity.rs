@@ -335,6 +335,8 @@ pub struct CudaSimilarity {
     exclude_host: Vec<u32>,
     exclude: CudaBuffer<u32>,
     fused_half: CudaBuffer<u16>,
+    /// `fused + offset` when the path folds the cache's history term into the query.
+    fused_offset: CudaBuffer<f32>,
     scores: CudaBuffer<u16>,
 }
 
@@ -365,6 +367,7 @@ impl CudaSimilarity {
             exclude_host: Vec::new(),
             exclude: cuda.alloc(0)?,
             fused_half: cuda.alloc(0)?,
+            fused_offset: cuda.alloc(0)?,
             scores: cuda.alloc(0)?,
         })
     }
@@ -402,6 +405,17 @@ impl CudaSimilarity {
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
+        self.enqueue_with_offset(cuda, batch, None)
+    }
+
+    /// Device step scoring `fused + offset` (`[n, dim]`, the cache's folded history term)
+    /// when an offset is given.
+    pub(crate) fn enqueue_with_offset(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        offset: Option<&CudaBuffer<f32>>,
+    ) -> Result<(), StageError> {
         let n = batch.len();
         let tables = self.tables.lock();
         let (dim, n_items) = (tables.dim(), tables.n_items());
@@ -423,12 +437,36 @@ impl CudaSimilarity {
         if n == 0 {
             return Ok(());
         }
+        let queries = match offset {
+            Some(offset) if offset.len() >= n * dim => {
+                cuda.ensure_len(&mut self.fused_offset, n * dim)?;
+                let (a, b, out, len) = (
+                    batch.fused.device_ptr(),
+                    offset.device_ptr(),
+                    self.fused_offset.device_ptr(),
+                    (n * dim) as u32,
+                );
+                let mut params = [arg(&a), arg(&b), arg(&out), arg(&len)];
+                // SAFETY: all three hold n * dim floats.
+                unsafe {
+                    cuda.launch(
+                        &cuda.kernels.add_vectors,
+                        ((n * dim).div_ceil(256).min(4096) as u32, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        &mut params,
+                    )?;
+                }
+                &self.fused_offset
+            }
+            _ => &batch.fused,
+        };
         enqueue_scores(
             cuda,
             tables.items(),
             n_items,
             dim,
-            &batch.fused,
+            queries,
             n,
             &mut self.fused_half,
             &mut self.scores,
@@ -458,6 +496,7 @@ impl CudaSimilarity {
         vec![
             self.exclude.device_ptr(),
             self.fused_half.device_ptr(),
+            self.fused_offset.device_ptr(),
             self.scores.device_ptr(),
             tables.items().device_ptr(),
             offsets.device_ptr(),
@@ -472,6 +511,7 @@ impl CudaSimilarity {
         MemoryReport {
             workspace: self.scores.allocated_bytes()
                 + self.fused_half.allocated_bytes()
+                + self.fused_offset.allocated_bytes()
                 + self.exclude.allocated_bytes(),
             ..MemoryReport::default()
         }

@@ -12,11 +12,12 @@ use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use hyperrec_cache::{CacheConfig, RowSource, TemporalCache};
 use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
-    Cuda, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables, GpuPath, SharedTables,
-    SimilarityParams, TablesConfig, TopK, score_all_items,
+    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
+    GpuPath, SharedTables, SimilarityParams, TablesConfig, TopK, score_all_items,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -347,9 +348,128 @@ fn main() -> anyhow::Result<()> {
         "MiB",
     ));
 
+    // The temporal cache at seed scale (10,000 hot rows), and the path with it.
+    drop(path);
+    {
+        let t = Instant::now();
+        let cpu_config = CacheConfig {
+            hot_items: 10_000,
+            // The CPU cache only supplies popularity here; its f32 rows are not built.
+            build_on_start: false,
+            ..CacheConfig::default()
+        };
+        let cpu_cache = TemporalCache::new(items.clone(), host_users.clone(), cpu_config.clone())?;
+        let mut cache = CudaCache::new(
+            &cuda,
+            tables.clone(),
+            host_users.clone(),
+            items.clone(),
+            cpu_cache.handle(),
+            RowSource::Embedding,
+            CudaCacheConfig::from_cpu(&cpu_config),
+        )?;
+        println!(
+            "cache: popularity + first build {:.1} s, {} hot rows",
+            t.elapsed().as_secs_f64(),
+            cache.stats().hot_rows
+        );
+        let mut rebuilds = Vec::new();
+        for _ in 0..args.reps.min(20) {
+            rebuilds.push(cache.rebuild_blocking(&cuda)?.as_secs_f64() * 1e3);
+        }
+        results.push((
+            "cache rebuild, 10,000 x 62,423 rows (GEMM + int8 + top-128 neighbours), wall".into(),
+            median(rebuilds),
+            "ms",
+        ));
+        let hot = cache.hot_items().to_vec();
+        let mut pick = 0usize;
+        let us = wall_time(&cuda, args.reps.max(200), || {
+            pick = (pick + 7919) % hot.len();
+            let (ranked, _) = cache.similar(&cuda, hot[pick], 10)?;
+            std::hint::black_box(ranked);
+            Ok(())
+        })?;
+        results.push(("cache hit: similar to X, k = 10, wall".into(), us, "us"));
+        let us = wall_time(&cuda, args.reps, || {
+            pick = (pick + 7919) % hot.len();
+            let (ranked, _) = cache.similar(&cuda, hot[pick], 500)?;
+            std::hint::black_box(ranked);
+            Ok(())
+        })?;
+        results.push((
+            "cache hit: similar to X, k = 500 (device row + top-K), wall".into(),
+            us,
+            "us",
+        ));
+        let base = path_for(&cuda, &host_users, &tables, &vocabulary)?;
+        let mut cached_path = GpuPath::with_cache(base.fusion, cache, base.similarity, base.rerank);
+        for n in [1usize, 1000] {
+            let mut batch = query_batch(&cuda, &mut rng, args.users, n)?;
+            let us = wall_time(&cuda, args.reps, || Ok(cached_path.run(&cuda, &mut batch)?))?;
+            results.push((
+                format!("path with cache (graph), batch {n}, wall per batch"),
+                us,
+                "us",
+            ));
+            if n > 1 {
+                results.push((
+                    format!("  -> queries/s at batch {n} with cache"),
+                    n as f64 / (us * 1e-6),
+                    "q/s",
+                ));
+            }
+        }
+        // A batch-1 query while a rebuild runs on the side stream.
+        let mut batch = query_batch(&cuda, &mut rng, args.users, 1)?;
+        cached_path.run(&cuda, &mut batch)?;
+        cuda.synchronize()?;
+        let mut during = Vec::new();
+        for _ in 0..5 {
+            if let Some(cache) = &mut cached_path.cache {
+                cache.start_rebuild(&cuda)?;
+            }
+            let start = Instant::now();
+            cached_path.run(&cuda, &mut batch)?;
+            cuda.synchronize()?;
+            during.push(start.elapsed().as_secs_f64() * 1e6);
+            if let Some(cache) = &mut cached_path.cache {
+                cache.rebuild_blocking(&cuda)?;
+            }
+        }
+        results.push((
+            "path with cache, batch 1, while a rebuild runs, wall".into(),
+            median(during),
+            "us",
+        ));
+        let memory = tables
+            .lock()
+            .memory_report()
+            .add(&cached_path.memory_report());
+        println!("memory with cache at {} users: {memory}", args.users);
+        let (free, total) = cuda.memory_info()?;
+        results.push((
+            format!(
+                "device memory with cache, components, {} users (MiB)",
+                args.users
+            ),
+            memory.total() as f64 / 1048576.0,
+            "MiB",
+        ));
+        results.push((
+            "  of which cache tables (both buffers) (MiB)".into(),
+            memory.cache as f64 / 1048576.0,
+            "MiB",
+        ));
+        results.push((
+            "device memory with cache, whole process (MiB)".into(),
+            (total - free) as f64 / 1048576.0,
+            "MiB",
+        ));
+    }
+
     // Ten million users: the same path over device tables of that size.
     if args.big_users > 0 {
-        drop(path);
         let t = Instant::now();
         let big =
             DeviceTables::synthetic(&cuda, &items, args.big_users, TablesConfig::default(), 42)?;
