@@ -378,7 +378,7 @@ fn main() -> anyhow::Result<()> {
             rebuilds.push(cache.rebuild_blocking(&cuda)?.as_secs_f64() * 1e3);
         }
         results.push((
-            "cache rebuild, 10,000 x 62,423 rows (GEMM + int8 + top-128 neighbours), wall".into(),
+            "cache rebuild, 10,000 x 62,423 rows (GEMM + int8 + top-100 neighbours), wall".into(),
             median(rebuilds),
             "ms",
         ));
