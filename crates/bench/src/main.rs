@@ -213,10 +213,12 @@ fn run_suite(args: &RunArgs) -> anyhow::Result<bool> {
         args.seed,
     )?;
 
-    let mut config = PipelineConfig::default();
-    config.device = match args.device {
-        DeviceArg::Cpu => DeviceChoice::Cpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda(0),
+    let config = PipelineConfig {
+        device: match args.device {
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda(0),
+        },
+        ..PipelineConfig::default()
     };
     log(&format!(
         "building the pipeline ({} items, {} users)",

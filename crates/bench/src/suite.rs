@@ -237,7 +237,7 @@ mod tests {
             Ok(true)
         }
         fn cache_lookup(&mut self, item: ItemIndex) -> Result<Option<CacheOutcome>, WorkloadError> {
-            Ok(Some(if item % 2 == 0 {
+            Ok(Some(if item.is_multiple_of(2) {
                 CacheOutcome::Hit
             } else {
                 CacheOutcome::Miss
