@@ -409,6 +409,18 @@ impl CudaRerank {
         Ok(())
     }
 
+    /// Enqueues only the device work (attention and selection) for a batch this stage has
+    /// already prepared by a `run`: lets benchmarks separate kernel time from host
+    /// preparation and uploads.
+    #[doc(hidden)]
+    pub fn enqueue_prepared(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+    ) -> Result<(), StageError> {
+        self.enqueue(cuda, batch)
+    }
+
     /// Device step: attention and selection.
     pub(crate) fn enqueue(
         &mut self,

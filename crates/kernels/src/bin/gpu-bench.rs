@@ -248,6 +248,12 @@ fn main() -> anyhow::Result<()> {
             Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1, 100)?)
         })?;
         results.push(("top-100 of 62,423, 1 query".into(), us, "us"));
+        for n in [132usize, 264, 500] {
+            let us = device_time(&cuda, args.reps, || {
+                Ok(top.enqueue(&cuda, &scores, N_ITEMS, n, 100)?)
+            })?;
+            results.push((format!("top-100 of 62,423, {n} queries"), us, "us"));
+        }
         let us = device_time(&cuda, args.reps, || {
             Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1000, 1000)?)
         })?;
@@ -300,6 +306,12 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        // The rerank's kernels alone (the batch was prepared by the runs above): the
+        // difference to the eager figure is host preparation and uploads.
+        let us = device_time(&cuda, args.reps, || {
+            Ok(path.rerank.enqueue_prepared(&cuda, &mut batch)?)
+        })?;
+        results.push((format!("rerank kernels only, batch {n}"), us, "us"));
         for (name, times) in ["fusion", "similarity + top-100", "rerank + top-10"]
             .iter()
             .zip(stage_times)
