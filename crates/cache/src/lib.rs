@@ -38,11 +38,14 @@
 //! history term into `item_prior[q, :]` (row-major `[n, n_items]`):
 //!
 //! ```text
-//! item_prior[q, :] = history_weight / |H| * sum over h in H of w_h * row(h),  w_h = (rating_h - 3) / 2
+//! item_prior[q, :] = history_weight / |H| * sum over h in H of w_h * row(h),
+//! w_h = offset + slope * (rating_h - 3) / 2        ((offset, slope) = history_gate)
 //! ```
 //!
-//! with `H` the user's `history_len` most recent history entries: liked items pull similar
-//! items up, disliked ones push them down. Other requests get a zero row. When no request
+//! with `H` the user's `history_len` most recent history entries. With the default gate
+//! `(0, 1)` liked items pull similar items up and disliked ones push them down; the gate
+//! `(1, 0)` weighs every rated item alike, which with EASE rows makes the prior exactly
+//! EASE's binary score `x_u B` of the recent history (scaled by `history_weight / |H|`). Other requests get a zero row. When no request
 //! of the batch gets a history term, `item_prior` is left empty and the similarity stage
 //! skips it.
 
@@ -69,6 +72,8 @@ pub use rows::{RowProvider, RowSource};
 
 /// Rating that neither pulls nor pushes in the history term.
 const NEUTRAL_RATING: f32 = 3.0;
+/// History gate of [`CacheConfig::history_gate`] by default: weight `(rating - 3) / 2`.
+pub const DEFAULT_HISTORY_GATE: [f32; 2] = [0.0, 1.0];
 /// Columns of a prior row summed per parallel task.
 const PRIOR_CHUNK: usize = 4096;
 
@@ -81,6 +86,8 @@ pub enum CacheError {
     InvalidHalfLife(f64),
     #[error("history weight must be finite, got {0}")]
     InvalidHistoryWeight(f32),
+    #[error("history gate must be finite, got {0:?}")]
+    InvalidHistoryGate([f32; 2]),
     #[error("item embeddings are {items}-d but user profiles are {users}-d")]
     DimensionMismatch { items: usize, users: usize },
     #[error("{ids} item ids given for {n_items} items")]
@@ -101,6 +108,14 @@ pub struct CacheConfig {
     pub history_len: usize,
     /// Scale of the history term against the fused inner product (0 disables it).
     pub history_weight: f32,
+    /// `(offset, slope)`: a history item's weight is `offset + slope * (rating - 3) / 2`
+    /// (see the crate docs). `(0, 1)` centres on a neutral 3; `(1, 0)` is binary.
+    pub history_gate: [f32; 2],
+    /// Added to the prior of every item of a genre the request names (see the crate docs);
+    /// 0 disables it.
+    pub genre_boost: f32,
+    /// Items of each genre, for the boost; `None` disables it.
+    pub genres: Option<Arc<GenreIndex>>,
     /// What the rows hold.
     pub source: RowSource,
     /// External id of each item row, to map real-time [`Event`]s to rows. Without it,
@@ -120,11 +135,64 @@ impl Default for CacheConfig {
             half_life_secs: 7.0 * 24.0 * 3600.0,
             history_len: 50,
             history_weight: 0.25,
+            history_gate: DEFAULT_HISTORY_GATE,
+            genre_boost: 0.0,
+            genres: None,
             source: RowSource::Embedding,
             item_ids: None,
             seed_from_histories: true,
             build_on_start: true,
         }
+    }
+}
+
+/// Items of each genre, by lower-case genre name, for the cache's genre-hint boost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenreIndex {
+    /// Lower-case names, sorted.
+    names: Vec<String>,
+    /// `members[g]`: items of genre `names[g]`.
+    members: Vec<Vec<ItemIndex>>,
+}
+
+impl GenreIndex {
+    /// Builds the index from `(genre name, items)` pairs; names are lower-cased and pairs
+    /// with the same name merged.
+    pub fn new(entries: impl IntoIterator<Item = (String, Vec<ItemIndex>)>) -> GenreIndex {
+        let mut merged: std::collections::BTreeMap<String, Vec<ItemIndex>> = Default::default();
+        for (name, items) in entries {
+            merged.entry(name.to_lowercase()).or_default().extend(items);
+        }
+        let (names, members) = merged
+            .into_iter()
+            .map(|(name, mut items)| {
+                items.sort_unstable();
+                items.dedup();
+                (name, items)
+            })
+            .unzip();
+        GenreIndex { names, members }
+    }
+
+    /// Genres named in `query` as whole words (letters, digits and `-`), or in `hints`
+    /// (compared lower-case), each once, in index order.
+    pub fn hinted(&self, query: &str, hints: &[String]) -> Vec<usize> {
+        let query = query.to_lowercase();
+        let words: Vec<&str> = query
+            .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        (0..self.names.len())
+            .filter(|&g| {
+                let name = self.names[g].as_str();
+                words.contains(&name) || hints.iter().any(|h| h.trim().to_lowercase() == name)
+            })
+            .collect()
+    }
+
+    /// Items of genre `g` (empty when out of range).
+    pub fn members(&self, g: usize) -> &[ItemIndex] {
+        self.members.get(g).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -458,6 +526,9 @@ pub struct TemporalCache {
     users: SharedUsers,
     history_len: usize,
     history_weight: f32,
+    history_gate: [f32; 2],
+    genre_boost: f32,
+    genres: Option<Arc<GenreIndex>>,
     item_index: Option<HashMap<ItemId, ItemIndex>>,
     /// Scratch of a batch's history terms: hot rows with their weights (request `q`'s in
     /// `hit_rows[hit_offsets[q]..hit_offsets[q + 1]]`), and the items whose rows must be
@@ -480,6 +551,12 @@ impl TemporalCache {
         }
         if !config.history_weight.is_finite() {
             return Err(CacheError::InvalidHistoryWeight(config.history_weight));
+        }
+        if !config.genre_boost.is_finite() {
+            return Err(CacheError::InvalidHistoryWeight(config.genre_boost));
+        }
+        if !config.history_gate.iter().all(|g| g.is_finite()) {
+            return Err(CacheError::InvalidHistoryGate(config.history_gate));
         }
         let n_items = items.len();
         let item_index = match &config.item_ids {
@@ -537,6 +614,9 @@ impl TemporalCache {
             users,
             history_len: config.history_len,
             history_weight: config.history_weight,
+            history_gate: config.history_gate,
+            genre_boost: config.genre_boost,
+            genres: config.genres,
             item_index,
             hit_rows: Vec::new(),
             hit_offsets: Vec::new(),
@@ -577,9 +657,20 @@ impl Stage<Cpu> for TemporalCache {
                 .user
                 .filter(|&u| !notes.cold_start && (u as usize) < users.len())
         };
-        if self.history_weight == 0.0
+        // Per request: the genres it names, when the boost is on.
+        let hinted: Vec<Vec<usize>> = match &self.genres {
+            Some(genres) if self.genre_boost != 0.0 => batch
+                .requests
+                .iter()
+                .map(|r| genres.hinted(&r.query, &r.context.genres))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let any_hint = hinted.iter().any(|h| !h.is_empty());
+        if (self.history_weight == 0.0
             || self.history_len == 0
-            || !batch.notes.iter().any(|notes| personal(notes).is_some())
+            || !batch.notes.iter().any(|notes| personal(notes).is_some()))
+            && !any_hint
         {
             batch.item_prior.clear();
             return Ok(());
@@ -604,7 +695,8 @@ impl Stage<Cpu> for TemporalCache {
                 if entry.item as usize >= n_items {
                     return Err(StageError::UnknownItem(entry.item));
                 }
-                let weight = (entry.rating - NEUTRAL_RATING) / 2.0 * scale;
+                let [offset, slope] = self.history_gate;
+                let weight = (offset + slope * (entry.rating - NEUTRAL_RATING) / 2.0) * scale;
                 if weight == 0.0 {
                     continue;
                 }
@@ -646,6 +738,18 @@ impl Stage<Cpu> for TemporalCache {
                         }
                     });
             });
+        if let Some(genres) = self.genres.as_ref().filter(|_| any_hint) {
+            for (q, request_genres) in hinted.iter().enumerate() {
+                let prior = &mut batch.item_prior[q * n_items..(q + 1) * n_items];
+                for &g in request_genres {
+                    for &item in genres.members(g) {
+                        if let Some(p) = prior.get_mut(item as usize) {
+                            *p += self.genre_boost;
+                        }
+                    }
+                }
+            }
+        }
         shared.hits.fetch_add(hits, Ordering::Relaxed);
         shared.misses.fetch_add(misses, Ordering::Relaxed);
         Ok(())

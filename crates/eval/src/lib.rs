@@ -43,6 +43,7 @@
 
 pub mod baselines;
 pub mod metrics;
+pub mod pipeline;
 mod query;
 mod report;
 mod split;

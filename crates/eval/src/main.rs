@@ -2,6 +2,7 @@
 //! the query-conditioned MovieLens protocol and writes `eval.json` and `eval.md`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -9,7 +10,12 @@ use clap::Parser;
 
 use hyperrec_catalog::movielens::{self, LoadOptions};
 use hyperrec_eval::baselines::{Baselines, REFERENCE_TOLERANCE, fit_baselines};
+use hyperrec_encoder::DEFAULT_MODEL;
+use hyperrec_eval::pipeline::{
+    PipelineVariant, pipeline_inputs, rerank_off_weights, untrained_configs,
+};
 use hyperrec_eval::{ProtocolSummary, QuerySet, Report, Split, evaluate};
+use hyperrec_pipeline::PipelineConfig;
 
 /// The workspace root, from this crate's manifest directory.
 const WORKSPACE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -27,11 +33,18 @@ struct Args {
     /// Run only these variants (comma-separated names, e.g. `--only item_knn,ease`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Encoder model (a directory or a hub id) for the pipeline variants.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Settings written by `hyperrec train` (the `trained` variant). Default:
+    /// target/train/trained.json in the workspace when it exists.
+    #[arg(long)]
+    trained: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let data = args.data.unwrap_or_else(|| {
+    let data = args.data.clone().unwrap_or_else(|| {
         std::env::var_os("HYPERREC_MOVIELENS").map_or_else(
             || PathBuf::from(WORKSPACE_ROOT).join("../shared/data/ml-latest-small"),
             PathBuf::from,
@@ -39,7 +52,14 @@ fn main() -> anyhow::Result<()> {
     });
     let out = args
         .out
+        .clone()
         .unwrap_or_else(|| PathBuf::from(WORKSPACE_ROOT).join("target/eval"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let trained = args.trained.clone().or_else(|| {
+        let default = PathBuf::from(WORKSPACE_ROOT).join("target/train/trained.json");
+        default.exists().then_some(default)
+    });
+    let args = Args { trained, ..args };
 
     let start = Instant::now();
     let dataset = movielens::load(&data, LoadOptions::strict())
@@ -61,8 +81,57 @@ fn main() -> anyhow::Result<()> {
         eprintln!("fit {}: {:.1} s", fit.name, fit.seconds);
     }
 
+    let mut variants = variants;
+    let pipeline_names = [
+        "semantic",
+        "user",
+        "fused",
+        "fused_rerank",
+        "fused_rerank_context",
+        "trained",
+    ];
+    if pipeline_names.iter().any(|name| wanted(name)) {
+        let started = Instant::now();
+        let inputs = Arc::new(pipeline_inputs(
+            &dataset,
+            &view,
+            &out.join("items.safetensors"),
+            &args.model,
+        )?);
+        eprintln!(
+            "pipeline inputs (item embeddings): {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let rerank_off = rerank_off_weights(
+            inputs.items.dim(),
+            PipelineConfig::default().rerank.heads,
+            &out,
+        )?;
+        for (name, config, context) in untrained_configs(&rerank_off) {
+            if wanted(name) {
+                variants.push(Box::new(PipelineVariant::new(
+                    name,
+                    inputs.clone(),
+                    config,
+                    context,
+                )));
+            }
+        }
+        if wanted("trained") {
+            let mut config = PipelineConfig::default();
+            match args.trained.as_deref().map(|p| config.apply_trained(p)) {
+                Some(Ok(())) => {
+                    variants.push(Box::new(PipelineVariant::new(
+                        "trained", inputs.clone(), config, true,
+                    )));
+                }
+                Some(Err(e)) => return Err(e).context("loading the trained settings"),
+                None => eprintln!("no --trained settings: the `trained` variant is skipped"),
+            }
+        }
+    }
+
     let mut reports = Vec::new();
-    // Pipeline variants join here, after the baselines, as more `Box<dyn Variant>`s.
     for variant in variants.iter().filter(|v| wanted(v.name())) {
         let report = evaluate(&view, &queries, variant.as_ref())?;
         eprintln!(

@@ -42,6 +42,23 @@ pub struct Split<'a> {
 impl<'a> Split<'a> {
     /// Splits `dataset`'s ratings. Users are rows in ascending [`UserId`] order.
     pub fn new(dataset: &'a Dataset) -> Result<Self, EvalError> {
+        Self::with_share(dataset, TRAINING_SHARE_NUMERATOR, TRAINING_SHARE_DENOMINATOR)
+    }
+
+    /// Splits `dataset`'s ratings with the first `floor(n * numerator / denominator)` of
+    /// each user's ratings (in time order) for training. The trainer carves its validation
+    /// part from the protocol's training part this way (9/10), so every choice it makes is
+    /// made without the held-out part.
+    pub fn with_share(
+        dataset: &'a Dataset,
+        numerator: usize,
+        denominator: usize,
+    ) -> Result<Self, EvalError> {
+        if denominator == 0 || numerator > denominator {
+            return Err(EvalError::Data(format!(
+                "training share {numerator}/{denominator} is not in [0, 1]"
+            )));
+        }
         let catalog = &dataset.catalog;
         let n_items = catalog.len();
         let mut users = Vec::new();
@@ -61,7 +78,7 @@ impl<'a> Split<'a> {
                 }
             }
             history.sort_by_key(|h| (h.timestamp, catalog.item(h.item).id));
-            let cut = history.len() * TRAINING_SHARE_NUMERATOR / TRAINING_SHARE_DENOMINATOR;
+            let cut = history.len() * numerator / denominator;
             let later = history.split_off(cut);
             let mut items: Vec<ItemIndex> = history.iter().map(|h| h.item).collect();
             items.sort_unstable();
