@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyperrec_cache::{CacheConfig, CacheHandle, RowSource};
 use hyperrec_catalog::{ItemEmbeddings, SharedUsers};
 use hyperrec_kernels::{
-    Cuda, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables, GpuPath, SharedTables,
-    SimilarityParams, TablesConfig,
+    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
+    GpuPath, SharedTables, SimilarityParams, TablesConfig,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankWeights};
 use hyperrec_stage::{Batch, Cpu, Device, Event, Request, StageError};
@@ -26,6 +27,14 @@ pub(crate) const MAX_BUCKET: usize = 1024;
 
 fn cuda_error(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Device(hyperrec_stage::DeviceError::Driver(e.to_string()))
+}
+
+/// What the GPU temporal cache shares with the CPU one: popularity (the handle), the row
+/// source (collaborative rows are uploaded from the CPU cache's hot table) and settings.
+pub(crate) struct CacheParts {
+    pub(crate) handle: CacheHandle,
+    pub(crate) source: RowSource,
+    pub(crate) config: CacheConfig,
 }
 
 /// The GPU side of a pipeline.
@@ -45,6 +54,7 @@ impl GpuBackend {
         context: &Arc<ContextVocabulary>,
         config: &PipelineConfig,
         weights: RerankWeights,
+        cache: CacheParts,
     ) -> Result<GpuBackend, PipelineError> {
         let cuda = Cuda::new(ordinal).map_err(cuda_error)?;
         let tables = DeviceTables::new(
@@ -79,8 +89,18 @@ impl GpuBackend {
             weights,
         )
         .map_err(cuda_error)?;
+        let cache = CudaCache::new(
+            &cuda,
+            tables.clone(),
+            users.clone(),
+            items.clone(),
+            cache.handle,
+            cache.source,
+            CudaCacheConfig::from_cpu(&cache.config),
+        )
+        .map_err(cuda_error)?;
         Ok(GpuBackend {
-            path: GpuPath::new(fusion, similarity, rerank),
+            path: GpuPath::with_cache(fusion, cache, similarity, rerank),
             cuda,
             tables,
             batches: HashMap::new(),

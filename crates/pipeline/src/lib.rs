@@ -102,7 +102,7 @@ impl Pipeline {
         let cache = TemporalCache::new(
             items.clone(),
             users.clone(),
-            config.cache_config(item_ids, source),
+            config.cache_config(item_ids.clone(), source.clone()),
         )?;
         let cache_handle = cache.handle();
 
@@ -119,6 +119,11 @@ impl Pipeline {
                 &context,
                 &config,
                 weights.clone(),
+                gpu::CacheParts {
+                    handle: cache_handle.clone(),
+                    source,
+                    config: config.cache_config(item_ids, RowSource::Embedding),
+                },
             )?),
             None => None,
         };
