@@ -101,6 +101,9 @@ pub fn candidates() -> Vec<Candidate> {
         (1024.0, 1.0),
         (4096.0, 1.0),
         (16384.0, 1.0),
+        // A boost far above any prior: a hard filter to the named genre.
+        (4096.0, 1000.0),
+        (65536.0, 1000.0),
     ] {
         for &history_gate in &[[1.0f32, 0.0], [0.5, 0.5]] {
             out.push(Candidate {
