@@ -4,6 +4,7 @@ mod app;
 mod commands;
 mod demo;
 mod embed;
+mod train;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Command {
     Event(commands::EventArgs),
     /// Print the embedding of each text (texts from stdin, one per line, when none are given).
     Embed(embed::EmbedArgs),
+    /// Learn the pipeline's settings on a validation part of the training ratings.
+    Train(train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Similar(args) => commands::similar(args),
         Command::Event(args) => commands::event(args),
         Command::Embed(args) => embed::run(args),
+        Command::Train(args) => train::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

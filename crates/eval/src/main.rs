@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use hyperrec_catalog::movielens::{self, LoadOptions};
-use hyperrec_eval::baselines::{Baselines, REFERENCE_TOLERANCE, fit_baselines};
 use hyperrec_encoder::DEFAULT_MODEL;
+use hyperrec_eval::baselines::{Baselines, REFERENCE_TOLERANCE, fit_baselines};
 use hyperrec_eval::pipeline::{
     PipelineVariant, pipeline_inputs, rerank_off_weights, untrained_configs,
 };
@@ -122,7 +122,10 @@ fn main() -> anyhow::Result<()> {
             match args.trained.as_deref().map(|p| config.apply_trained(p)) {
                 Some(Ok(())) => {
                     variants.push(Box::new(PipelineVariant::new(
-                        "trained", inputs.clone(), config, true,
+                        "trained",
+                        inputs.clone(),
+                        config,
+                        true,
                     )));
                 }
                 Some(Err(e)) => return Err(e).context("loading the trained settings"),

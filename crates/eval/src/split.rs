@@ -42,7 +42,11 @@ pub struct Split<'a> {
 impl<'a> Split<'a> {
     /// Splits `dataset`'s ratings. Users are rows in ascending [`UserId`] order.
     pub fn new(dataset: &'a Dataset) -> Result<Self, EvalError> {
-        Self::with_share(dataset, TRAINING_SHARE_NUMERATOR, TRAINING_SHARE_DENOMINATOR)
+        Self::with_share(
+            dataset,
+            TRAINING_SHARE_NUMERATOR,
+            TRAINING_SHARE_DENOMINATOR,
+        )
     }
 
     /// Splits `dataset`'s ratings with the first `floor(n * numerator / denominator)` of

@@ -100,6 +100,16 @@ impl GpuPath {
         self.rerank.prepare(cuda, batch)?;
         let key = self.key(batch);
         if let Some(captured) = self.graphs.get(&key) {
+            // The graph writes the outputs in place, but a batch of another shape may have
+            // run eagerly on these buffers since and changed their lengths: give them back
+            // the lengths of this shape (their capacity already fits it: same addresses).
+            let (n, results, slots) = (batch.len(), batch.results, batch.slots);
+            cuda.ensure_len(&mut batch.candidate_ids, n * batch.candidates)?;
+            cuda.ensure_len(&mut batch.candidate_scores, n * batch.candidates)?;
+            cuda.ensure_len(&mut batch.result_ids, n * results)?;
+            cuda.ensure_len(&mut batch.result_scores, n * results)?;
+            cuda.ensure_len(&mut batch.result_retrieval_scores, n * results)?;
+            cuda.ensure_len(&mut batch.result_attributions, n * results * slots)?;
             cuda.bind()?;
             // SAFETY: the graph's launches reference exactly the buffers named in `key`,
             // which are still allocated at those addresses.

@@ -68,9 +68,13 @@ impl Pipeline {
         dataset: Arc<Dataset>,
         encoder: Arc<QueryEncoder>,
         items: ItemEmbeddings,
-        config: PipelineConfig,
+        mut config: PipelineConfig,
     ) -> Result<Pipeline, PipelineError> {
         config.validate()?;
+        // The genre-hint boost needs to know which items carry each genre.
+        if config.cache.genre_boost != 0.0 && config.cache.genres.is_none() {
+            config.cache.set_genres_from(&dataset.catalog);
+        }
         if items.len() != dataset.catalog.len() {
             return Err(PipelineError::Index(format!(
                 "{} item embeddings for a catalog of {} items",
@@ -86,7 +90,7 @@ impl Pipeline {
             config.profile_rule,
         )));
 
-        let phrases = ContextVocabulary::all_phrases(&dataset.catalog.genres());
+        let phrases = ContextVocabulary::all_phrases(dataset.catalog.genres());
         let phrase_refs: Vec<&str> = phrases.iter().map(String::as_str).collect();
         let phrase_embeddings = encoder.encode(&phrase_refs)?;
         let context = Arc::new(ContextVocabulary::new(

@@ -133,8 +133,10 @@ fn same_input_and_state_give_the_same_output() {
     let mut first = pipeline();
     let mut second = pipeline();
     for query in queries {
-        let mut context = Context::default();
-        context.time_of_day = Some(TimeOfDay::Evening);
+        let context = Context {
+            time_of_day: Some(TimeOfDay::Evening),
+            ..Context::default()
+        };
         let request = Request {
             context,
             ..request(known_user(), query, 20)

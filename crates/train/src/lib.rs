@@ -315,7 +315,10 @@ pub struct TrainOptions {
 /// Loads MovieLens, takes the evaluation protocol's training part (the first 80% of each
 /// user's ratings in time: the held-out part is never loaded into what training sees),
 /// and runs [`train`] on it. Writes `trials.json` beside the settings.
-pub fn run(options: &TrainOptions, progress: impl FnMut(&Trial)) -> Result<TrainReport, TrainError> {
+pub fn run(
+    options: &TrainOptions,
+    progress: impl FnMut(&Trial),
+) -> Result<TrainReport, TrainError> {
     let full = hyperrec_catalog::movielens::load(
         &options.data,
         hyperrec_catalog::movielens::LoadOptions::strict(),
@@ -323,13 +326,9 @@ pub fn run(options: &TrainOptions, progress: impl FnMut(&Trial)) -> Result<Train
     .map_err(hyperrec_eval::EvalError::from)?;
     let split = Split::new(&full)?;
     let view = split.training();
-    let inputs = hyperrec_eval::pipeline::pipeline_inputs(
-        &full,
-        &view,
-        &options.index_path,
-        &options.model,
-    )
-    .map_err(hyperrec_eval::EvalError::from)?;
+    let inputs =
+        hyperrec_eval::pipeline::pipeline_inputs(&full, &view, &options.index_path, &options.model)
+            .map_err(hyperrec_eval::EvalError::from)?;
     let report = train(&inputs.dataset, &inputs, &options.out_dir, progress)?;
     let trials = options.out_dir.join("trials.json");
     std::fs::write(&trials, serde_json::to_string_pretty(&report)?).map_err(|source| {

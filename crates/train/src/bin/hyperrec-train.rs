@@ -19,7 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match (arg.as_str(), args.next()) {
             ("--data", Some(value)) => data = PathBuf::from(value),
             ("--out", Some(value)) => out_dir = PathBuf::from(value),
-            _ => return Err(format!("usage: hyperrec-train [--data DIR] [--out DIR] (got {arg})").into()),
+            _ => {
+                return Err(
+                    format!("usage: hyperrec-train [--data DIR] [--out DIR] (got {arg})").into(),
+                );
+            }
         }
     }
     let options = TrainOptions {
