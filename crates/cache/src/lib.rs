@@ -49,7 +49,8 @@
 //! of the batch gets a history term, `item_prior` is left empty and the similarity stage
 //! skips it.
 
-mod kernel;
+/// The shared inner-product kernel (bit-identical however rows are blocked).
+use hyperrec_dot as kernel;
 mod popularity;
 mod rows;
 

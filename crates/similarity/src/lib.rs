@@ -19,7 +19,8 @@
 //! [`score_all`] (one query against every item), [`score_batch`] (a batch, row-major),
 //! [`top_k`] and the reusable [`TopK`] selector.
 
-mod kernel;
+/// The shared inner-product kernel (bit-identical however rows are blocked).
+use hyperrec_dot as kernel;
 mod topk;
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! Every query/item pair is reduced in exactly the same order whatever block shape computes
 //! it (eight lane accumulators over `dim / 8` chunks in ascending order, then a fixed
 //! reduction tree, then the scalar tail), so a score does not depend on how a batch was
-//! tiled or how many queries shared a block: batch scoring, [`crate::score_all`] and the
+//! tiled or how many queries shared a block: batch scoring, `hyperrec_similarity::score_all` and the
 //! naive loops in tests agree bit for bit on the same machine.
 //!
 //! On x86-64 CPUs with AVX2 and FMA (detected once at run time) each pair accumulates in one
@@ -284,13 +284,7 @@ fn isa() -> Isa {
 /// `out[q * out_stride + j] = queries[q] · items[j]`, for `queries` `[nq, dim]` and `items`
 /// `[ni, dim]` row-major. Callers guarantee `dim > 0`, whole rows, and that `out` holds
 /// `nq` rows of `out_stride >= ni` (the last row may stop at `ni`).
-pub(crate) fn dot_block(
-    queries: &[f32],
-    items: &[f32],
-    dim: usize,
-    out: &mut [f32],
-    out_stride: usize,
-) {
+pub fn dot_block(queries: &[f32], items: &[f32], dim: usize, out: &mut [f32], out_stride: usize) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` returns `Avx2Fma` only after detecting both features on this CPU.
@@ -299,9 +293,9 @@ pub(crate) fn dot_block(
     }
 }
 
-/// Single dot product with the same reduction order as [`dot_block`].
-#[cfg(test)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Plain inner product with the same reduction order as [`dot_block`] (for tests and
+/// single pairs).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut out = [0.0f32];
     dot_block(a, b, a.len().max(1), &mut out, 1);
     out[0]
