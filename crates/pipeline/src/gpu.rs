@@ -136,11 +136,16 @@ impl GpuBackend {
         };
         batch.reset(cuda, requests)?;
         // Padding rows repeat the last query's embedding.
-        let mut embeddings = host.query_embeddings.clone();
-        for _ in n..bucket {
-            embeddings.extend_from_slice(&host.query_embeddings[(n - 1) * dim..n * dim]);
+        if n == bucket {
+            cuda.upload(&host.query_embeddings, &mut batch.query_embeddings)?;
+        } else {
+            let mut padded = Vec::with_capacity(bucket * dim);
+            padded.extend_from_slice(&host.query_embeddings);
+            for _ in n..bucket {
+                padded.extend_from_slice(&host.query_embeddings[(n - 1) * dim..n * dim]);
+            }
+            cuda.upload(&padded, &mut batch.query_embeddings)?;
         }
-        cuda.upload(&embeddings, &mut batch.query_embeddings)?;
 
         let start = cuda.mark()?;
         self.path.run(cuda, batch)?;

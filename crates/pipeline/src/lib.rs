@@ -312,7 +312,8 @@ impl Pipeline {
             .index_of(event.item)
             .ok_or(PipelineError::UnknownItem(event.item))?;
         let rating = event.interaction.as_rating();
-        if !(0.5..=5.0).contains(&rating) || !rating.is_finite() {
+        // NaN is outside the range too, so this also refuses non-finite ratings.
+        if !(0.5..=5.0).contains(&rating) {
             return Err(PipelineError::InvalidEvent(format!(
                 "rating {rating} is outside 0.5..=5.0"
             )));
