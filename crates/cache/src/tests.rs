@@ -359,7 +359,11 @@ fn custom_row_source_feeds_rows_similar_and_prior() {
     let hot = table.items()[0];
     let row = table.row(hot).expect("hot");
     // Another item of the same residue class (120 is not a multiple of 7, so no wrap-around).
-    let alike = if hot as usize + 7 < 120 { hot as usize + 7 } else { hot as usize - 7 };
+    let alike = if hot as usize + 7 < 120 {
+        hot as usize + 7
+    } else {
+        hot as usize - 7
+    };
     assert_eq!(row[alike], 1.0 + alike as f32 * 1e-3);
     let (similar, _) = handle.similar(hot, 3).expect("known");
     assert!(
