@@ -45,9 +45,18 @@
 //! with `H` the user's `history_len` most recent history entries. With the default gate
 //! `(0, 1)` liked items pull similar items up and disliked ones push them down; the gate
 //! `(1, 0)` weighs every rated item alike, which with EASE rows makes the prior exactly
-//! EASE's binary score `x_u B` of the recent history (scaled by `history_weight / |H|`). Other requests get a zero row. When no request
-//! of the batch gets a history term, `item_prior` is left empty and the similarity stage
-//! skips it.
+//! EASE's binary score `x_u B` of the recent history (scaled by `history_weight / |H|`).
+//! Other requests get a zero row. When no request of the batch gets a history term,
+//! `item_prior` is left empty and the similarity stage skips it.
+//!
+//! With [`RowSource::Embedding`] and [`CacheConfig::fold_linear_history`] (the pipeline's
+//! setting) the rows are linear in the embeddings, `row(h)[j] = e_h · e_j`, so the term is
+//! exactly `(history_weight / |H| * sum w_h e_h) · e_j`: the stage writes that one vector
+//! per request into `query_prior` (`[n, dim]`), which similarity adds to the fused query,
+//! instead of reading hot rows and making a catalog pass for the misses. No row is read or
+//! computed then, so folded history terms count neither hits nor misses; hot rows still
+//! serve "similar to X" and every non-linear source. The genre boost
+//! ([`CacheConfig::genre_boost`]) still goes into `item_prior`.
 
 /// The shared inner-product kernel (bit-identical however rows are blocked).
 use hyperrec_dot as kernel;
@@ -127,6 +136,11 @@ pub struct CacheConfig {
     /// Build the hot table at construction (otherwise it starts empty: every lookup misses
     /// until the first rebuild).
     pub build_on_start: bool,
+    /// With [`RowSource::Embedding`], write the history term as one vector per request into
+    /// `query_prior` instead of an `[n, n_items]` row into `item_prior` (see the crate
+    /// docs). Off by default so `item_prior` stays comparable with other implementations of
+    /// the stage; the pipeline turns it on.
+    pub fold_linear_history: bool,
 }
 
 impl Default for CacheConfig {
@@ -143,6 +157,7 @@ impl Default for CacheConfig {
             item_ids: None,
             seed_from_histories: true,
             build_on_start: true,
+            fold_linear_history: false,
         }
     }
 }
@@ -521,7 +536,8 @@ fn top_k_except(row: &[f32], k: usize, skip: ItemIndex) -> Vec<(ItemIndex, f32)>
 
 /// The temporal cache stage (`"cache"`); see the crate docs.
 ///
-/// Reads `notes[i].user` and `notes[i].cold_start`; writes `item_prior`.
+/// Reads `notes[i].user` and `notes[i].cold_start`; writes `item_prior` and, when it folds
+/// the history term, `query_prior`.
 pub struct TemporalCache {
     handle: CacheHandle,
     users: SharedUsers,
@@ -531,6 +547,12 @@ pub struct TemporalCache {
     genre_boost: f32,
     genres: Option<Arc<GenreIndex>>,
     item_index: Option<HashMap<ItemId, ItemIndex>>,
+    /// Write the history term into `query_prior` (rows linear in the embeddings and
+    /// [`CacheConfig::fold_linear_history`] on).
+    fold_history: bool,
+    /// Every weighted history entry of the batch being run: (request, item, weight),
+    /// grouped by request in ascending order.
+    weighted: Vec<(usize, ItemIndex, f32)>,
     /// Scratch of a batch's history terms: hot rows with their weights (request `q`'s in
     /// `hit_rows[hit_offsets[q]..hit_offsets[q + 1]]`), and the items whose rows must be
     /// computed, with their request and weight.
@@ -594,6 +616,8 @@ impl TemporalCache {
                 }
             }
         }
+        let fold_history =
+            config.fold_linear_history && matches!(config.source, RowSource::Embedding);
         let shared = Arc::new(Shared {
             provider: config.source.provider(&items),
             hot_items: config.hot_items.min(n_items),
@@ -619,6 +643,8 @@ impl TemporalCache {
             genre_boost: config.genre_boost,
             genres: config.genres,
             item_index,
+            fold_history,
+            weighted: Vec::new(),
             hit_rows: Vec::new(),
             hit_offsets: Vec::new(),
             miss_items: Vec::new(),
@@ -638,71 +664,20 @@ impl TemporalCache {
         self.handle.spawn_scheduler(interval)
     }
 
-    pub fn stats(&self) -> CacheStats {
-        self.handle.stats()
-    }
-}
-
-impl Stage<Cpu> for TemporalCache {
-    fn name(&self) -> &'static str {
-        "cache"
-    }
-
-    fn run(&mut self, _device: &Cpu, batch: &mut Batch<Cpu>) -> Result<(), StageError> {
-        let n = batch.len();
+    /// Adds the history rows of `self.weighted` into `prior` (`[n, n_items]`): hot rows read
+    /// from the current table (hits), the others computed by the row source (misses).
+    fn add_history_rows(&mut self, prior: &mut [f32], n: usize, n_items: usize) {
         let shared = &self.handle.shared;
-        let n_items = shared.items.len();
-        let users = self.users.read();
-        let personal = |notes: &hyperrec_stage::RequestNotes| {
-            notes
-                .user
-                .filter(|&u| !notes.cold_start && (u as usize) < users.len())
-        };
-        // Per request: the genres it names, when the boost is on.
-        let hinted: Vec<Vec<usize>> = match &self.genres {
-            Some(genres) if self.genre_boost != 0.0 => batch
-                .requests
-                .iter()
-                .map(|r| genres.hinted(&r.query, &r.context.genres))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let any_hint = hinted.iter().any(|h| !h.is_empty());
-        if (self.history_weight == 0.0
-            || self.history_len == 0
-            || !batch.notes.iter().any(|notes| personal(notes).is_some()))
-            && !any_hint
-        {
-            batch.item_prior.clear();
-            return Ok(());
-        }
-        batch.item_prior.resize(n * n_items, 0.0);
-        batch.item_prior.fill(0.0);
         let table = shared.table.load_full();
         self.hit_rows.clear();
         self.miss_items.clear();
         self.hit_offsets.clear();
-        for (q, notes) in batch.notes.iter().enumerate() {
+        let mut entries = self.weighted.iter().peekable();
+        for q in 0..n {
             self.hit_offsets.push(self.hit_rows.len());
-            let Some(user) = personal(notes) else {
-                continue;
-            };
-            let recent = users.recent(user, self.history_len);
-            if recent.is_empty() {
-                continue;
-            }
-            let scale = self.history_weight / recent.len() as f32;
-            for entry in recent {
-                if entry.item as usize >= n_items {
-                    return Err(StageError::UnknownItem(entry.item));
-                }
-                let [offset, slope] = self.history_gate;
-                let weight = (offset + slope * (entry.rating - NEUTRAL_RATING) / 2.0) * scale;
-                if weight == 0.0 {
-                    continue;
-                }
-                match table.slot_of[entry.item as usize] {
-                    u32::MAX => self.miss_items.push((q, entry.item, weight)),
+            while let Some(&(_, item, weight)) = entries.next_if(|entry| entry.0 == q) {
+                match table.slot_of[item as usize] {
+                    u32::MAX => self.miss_items.push((q, item, weight)),
                     slot => self.hit_rows.push((slot as usize, weight)),
                 }
             }
@@ -713,12 +688,11 @@ impl Stage<Cpu> for TemporalCache {
         // Misses: rows computed by the source, all requests in one pass where it can.
         shared
             .provider
-            .accumulate_rows(&self.miss_items, &mut batch.item_prior, n_items);
+            .accumulate_rows(&self.miss_items, prior, n_items);
         // Hits: weighted hot rows, summed per column chunk so each chunk of a row is read
         // while its output chunk is in cache.
         let (hit_rows, hit_offsets) = (&self.hit_rows, &self.hit_offsets);
-        batch
-            .item_prior
+        prior
             .par_chunks_mut(n_items)
             .enumerate()
             .for_each(|(q, prior)| {
@@ -739,6 +713,95 @@ impl Stage<Cpu> for TemporalCache {
                         }
                     });
             });
+        shared.hits.fetch_add(hits, Ordering::Relaxed);
+        shared.misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.handle.stats()
+    }
+}
+
+impl Stage<Cpu> for TemporalCache {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn run(&mut self, _device: &Cpu, batch: &mut Batch<Cpu>) -> Result<(), StageError> {
+        let n = batch.len();
+        let shared = &self.handle.shared;
+        let n_items = shared.items.len();
+        let dim = shared.items.dim();
+        let users = self.users.read();
+        let personal = |notes: &hyperrec_stage::RequestNotes| {
+            notes
+                .user
+                .filter(|&u| !notes.cold_start && (u as usize) < users.len())
+        };
+        // Per request: the genres it names, when the boost is on.
+        let hinted: Vec<Vec<usize>> = match &self.genres {
+            Some(genres) if self.genre_boost != 0.0 => batch
+                .requests
+                .iter()
+                .map(|r| genres.hinted(&r.query, &r.context.genres))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let any_hint = hinted.iter().any(|h| !h.is_empty());
+        let any_history = self.history_weight != 0.0
+            && self.history_len != 0
+            && batch.notes.iter().any(|notes| personal(notes).is_some());
+        batch.item_prior.clear();
+        batch.query_prior.clear();
+        if !any_history && !any_hint {
+            return Ok(());
+        }
+
+        // Every weighted history entry of the batch, as (request, item, weight).
+        self.weighted.clear();
+        if any_history {
+            let [offset, slope] = self.history_gate;
+            for (q, notes) in batch.notes.iter().enumerate() {
+                let Some(user) = personal(notes) else {
+                    continue;
+                };
+                let recent = users.recent(user, self.history_len);
+                let scale = self.history_weight / recent.len().max(1) as f32;
+                for entry in recent {
+                    if entry.item as usize >= n_items {
+                        return Err(StageError::UnknownItem(entry.item));
+                    }
+                    let weight = (offset + slope * (entry.rating - NEUTRAL_RATING) / 2.0) * scale;
+                    if weight != 0.0 {
+                        self.weighted.push((q, entry.item, weight));
+                    }
+                }
+            }
+        }
+
+        // Histories are read; the rest works on `weighted` without holding the user lock.
+        drop(users);
+        if self.fold_history && any_history {
+            // Linear rows: sum_h w_h (e_h · e_j) = (sum_h w_h e_h) · e_j, one vector per
+            // request, no row read and none computed, so no lookup is counted.
+            batch.query_prior.resize(n * dim, 0.0);
+            batch.query_prior.fill(0.0);
+            for &(q, item, weight) in &self.weighted {
+                let out = &mut batch.query_prior[q * dim..(q + 1) * dim];
+                for (o, x) in out.iter_mut().zip(shared.items.row(item)) {
+                    *o += weight * x;
+                }
+            }
+        }
+        let rows_needed = any_history && !self.fold_history;
+        if !rows_needed && !any_hint {
+            return Ok(());
+        }
+        batch.item_prior.resize(n * n_items, 0.0);
+        batch.item_prior.fill(0.0);
+        if rows_needed {
+            self.add_history_rows(&mut batch.item_prior, n, n_items);
+        }
         if let Some(genres) = self.genres.as_ref().filter(|_| any_hint) {
             for (q, request_genres) in hinted.iter().enumerate() {
                 let prior = &mut batch.item_prior[q * n_items..(q + 1) * n_items];
@@ -751,8 +814,6 @@ impl Stage<Cpu> for TemporalCache {
                 }
             }
         }
-        shared.hits.fetch_add(hits, Ordering::Relaxed);
-        shared.misses.fetch_add(misses, Ordering::Relaxed);
         Ok(())
     }
 

@@ -326,6 +326,50 @@ fn prior_equals_the_naive_history_term_and_counts_lookups() {
 }
 
 #[test]
+fn folded_history_term_scores_like_the_rows_and_counts_no_lookups() {
+    let (fx, _) = fixture(400, 16, 30);
+    let mut rows =
+        TemporalCache::new(fx.items.clone(), fx.users.clone(), config(50)).expect("valid");
+    let mut folded = TemporalCache::new(
+        fx.items.clone(),
+        fx.users.clone(),
+        CacheConfig {
+            fold_linear_history: true,
+            ..config(50)
+        },
+    )
+    .expect("valid");
+    let requested = [1, 2, 999, 0, 3, 4, 5, 6];
+    let mut by_rows = batch_for(&fx, &requested);
+    rows.run(&Cpu, &mut by_rows).expect("runs");
+    let mut by_vector = batch_for(&fx, &requested);
+    by_vector.item_prior = vec![f32::NAN; 3];
+    folded.run(&Cpu, &mut by_vector).expect("runs");
+
+    assert!(by_vector.item_prior.is_empty(), "seed {}", fx.seed);
+    assert!(by_rows.query_prior.is_empty(), "seed {}", fx.seed);
+    let dim = fx.items.dim();
+    assert_eq!(by_vector.query_prior.len(), requested.len() * dim);
+    let mut nonzero = 0;
+    for q in 0..requested.len() {
+        let vector = &by_vector.query_prior[q * dim..(q + 1) * dim];
+        for j in 0..400 {
+            let folded_score = naive_dot(vector, fx.items.row(j as ItemIndex));
+            let row_score = by_rows.item_prior[q * 400 + j] as f64;
+            assert!(
+                (folded_score - row_score).abs() < 1e-5,
+                "seed {}: request {q} item {j}: {folded_score} vs {row_score}",
+                fx.seed
+            );
+            nonzero += usize::from(row_score != 0.0);
+        }
+    }
+    assert!(nonzero > 0, "seed {}: no history term at all", fx.seed);
+    let stats = folded.stats();
+    assert_eq!((stats.hits, stats.misses), (0, 0), "seed {}", fx.seed);
+}
+
+#[test]
 fn batches_without_a_history_term_leave_the_prior_empty() {
     let (fx, _) = fixture(50, 8, 5);
     let mut cache =

@@ -197,6 +197,8 @@ impl PipelineConfig {
             genre_boost: self.cache.genre_boost,
             genres: self.cache.genres.clone(),
             item_ids: Some(item_ids),
+            // Exact, and spares a catalog pass per batch (the GPU path folds it too).
+            fold_linear_history: true,
             ..CacheConfig::default()
         }
     }

@@ -176,6 +176,7 @@ pub(crate) fn batch_bytes(batch: &Batch<Cpu>) -> usize {
         + batch.query_embeddings.capacity()
         + batch.fused.capacity()
         + batch.item_prior.capacity()
+        + batch.query_prior.capacity()
         + batch.candidate_ids.capacity()
         + batch.candidate_scores.capacity()
         + batch.result_ids.capacity()

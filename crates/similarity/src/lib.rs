@@ -3,8 +3,10 @@
 //! For each query `q` of a batch, every item `j` of the catalog is scored
 //!
 //! ```text
-//! score[q, j] = fused[q] · item[j]  (+ item_prior[q, j] when the cache stage wrote a prior)
+//! score[q, j] = (fused[q] + query_prior[q]) · item[j] + item_prior[q, j]
 //! ```
+//!
+//! where `query_prior` and `item_prior` count only when a stage (the cache) wrote them.
 //!
 //! and the `candidates` best items are kept, best first, ties broken by the smaller item
 //! index. Items the user has already rated are skipped when both the stage
@@ -76,7 +78,8 @@ impl Default for SimilarityConfig {
 
 /// The CPU similarity stage (`"similarity"`).
 ///
-/// Reads `fused`, `item_prior` (added when it holds `n * n_items` values), `notes[i].user`
+/// Reads `fused`, `query_prior` (added to `fused` when it holds `n * dim` values),
+/// `item_prior` (added when it holds `n * n_items` values), `notes[i].user`
 /// and `requests[i].exclude_seen`; writes `candidates`, `candidate_ids`,
 /// `candidate_scores` and `notes[i].excluded` (the user's seen items when excluded).
 pub struct Similarity {
@@ -87,6 +90,8 @@ pub struct Similarity {
     scores: Vec<f32>,
     /// One selector per query of the largest batch seen.
     selectors: Vec<TopK>,
+    /// `fused + query_prior` of the batch, when a query prior is present.
+    queries: Vec<f32>,
 }
 
 impl Similarity {
@@ -112,6 +117,7 @@ impl Similarity {
             config,
             scores: Vec::new(),
             selectors: Vec::new(),
+            queries: Vec::new(),
         })
     }
 
@@ -241,7 +247,20 @@ impl Stage<Cpu> for Similarity {
 
         self.scores.resize(n * n_items, 0.0);
         let prior = (batch.item_prior.len() == n * n_items).then_some(batch.item_prior.as_slice());
-        score_tiles(&self.items, &batch.fused, n, prior, &mut self.scores);
+        let queries = if batch.query_prior.len() == n * dim {
+            self.queries.clear();
+            self.queries.extend(
+                batch
+                    .fused
+                    .iter()
+                    .zip(&batch.query_prior)
+                    .map(|(f, p)| f + p),
+            );
+            self.queries.as_slice()
+        } else {
+            batch.fused.as_slice()
+        };
+        score_tiles(&self.items, queries, n, prior, &mut self.scores);
 
         if self.selectors.len() < n {
             self.selectors.resize_with(n, TopK::new);

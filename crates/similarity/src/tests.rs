@@ -280,7 +280,13 @@ fn expected_candidates(
     let n_items = fx.items.len();
     let dim = fx.items.dim();
     let mut scores = vec![0.0; n_items];
-    score_all(&fx.items, &batch.fused[q * dim..(q + 1) * dim], &mut scores).expect("shapes");
+    let mut query = batch.fused[q * dim..(q + 1) * dim].to_vec();
+    if batch.query_prior.len() == batch.len() * dim {
+        for (x, p) in query.iter_mut().zip(&batch.query_prior[q * dim..]) {
+            *x += p;
+        }
+    }
+    score_all(&fx.items, &query, &mut scores).expect("shapes");
     if batch.item_prior.len() == batch.len() * n_items {
         for (s, p) in scores
             .iter_mut()
@@ -309,14 +315,16 @@ fn stage_candidates(batch: &Batch<Cpu>, q: usize) -> Vec<(u32, f32)> {
 }
 
 #[test]
-fn stage_matches_reference_with_prior_and_exclusions() {
+fn stage_matches_reference_with_priors_and_exclusions() {
     let (fx, mut rng) = fixture(1500, 40, 30);
     let config = SimilarityConfig {
         candidates: 50,
         exclude_seen: true,
     };
     let mut stage = Similarity::new(fx.items.clone(), fx.users.clone(), config).expect("valid");
-    for with_prior in [false, true] {
+    for (with_prior, with_query_prior) in
+        [(false, false), (true, false), (false, true), (true, true)]
+    {
         // Known users with and without opt-out, and an unknown user (no exclusion).
         let requests = vec![
             request(1, 10, true),
@@ -325,13 +333,16 @@ fn stage_matches_reference_with_prior_and_exclusions() {
             request(3, 10, true),
         ];
         let mut batch = prepared_batch(&fx, &mut rng, requests, with_prior);
+        if with_query_prior {
+            batch.query_prior = random_unit_rows(&mut rng, batch.len(), fx.items.dim());
+        }
         stage.run(&Cpu, &mut batch).expect("runs");
         assert_eq!(batch.candidates, 50);
         for q in 0..batch.len() {
             assert_eq!(
                 bits(&stage_candidates(&batch, q)),
                 bits(&expected_candidates(&fx, &batch, q, 50, true)),
-                "seed {} query {q} prior {with_prior}",
+                "seed {} query {q} prior {with_prior} query prior {with_query_prior}",
                 fx.seed
             );
         }

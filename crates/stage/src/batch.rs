@@ -55,6 +55,14 @@ pub struct Batch<D: Device> {
     /// `n * n_items`.
     pub item_prior: D::Buffer<f32>,
 
+    /// `[n, dim]` additive query-side prior: similarity scores `(fused[q] + query_prior[q])
+    /// · item[j]`. The cache stage writes it when its similarity rows are linear in the
+    /// item embeddings: then `sum_h w_h row(h)[j] = (sum_h w_h e_h) · item[j]`, so the
+    /// whole history term folds into one vector per query and no `[n, n_items]` prior is
+    /// written or read. Empty when no stage writes it; similarity adds it when its length
+    /// is `n * dim`. Rerank's attention still reads the plain `fused`.
+    pub query_prior: D::Buffer<f32>,
+
     /// Candidates kept per query by retrieval.
     pub candidates: usize,
     /// `[n, candidates]` item rows, best first (ties by item index).
@@ -93,6 +101,7 @@ impl<D: Device> Batch<D> {
             query_embeddings: device.zeros(0)?,
             fused: device.zeros(0)?,
             item_prior: device.zeros(0)?,
+            query_prior: device.zeros(0)?,
             candidates: 0,
             candidate_ids: device.zeros(0)?,
             candidate_scores: device.zeros(0)?,
