@@ -53,7 +53,7 @@ use hyperrec_stage::{Batch, Event, ItemId, ItemIndex, Stage, StageError};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity::{
-    MAX_CANDIDATES, enqueue_scores, enqueue_top_k, score_ld, topk_shared_bytes,
+    MAX_CANDIDATES, TopKStrategy, enqueue_scores, enqueue_top_k, score_ld, topk_shared_bytes,
 };
 use crate::{CudaError, MemoryReport, NO_ITEM, SharedTables};
 
@@ -1144,6 +1144,7 @@ impl CudaCache {
             k,
             None,
             None,
+            TopKStrategy::default(),
             &mut self.one_ids,
             &mut self.one_scores,
         )?;

@@ -86,6 +86,7 @@ pub(crate) struct Kernels {
     pub random_unit_rows: CudaFunction,
     pub item_scores_small: CudaFunction,
     pub topk_rows: CudaFunction,
+    pub topk_filter: CudaFunction,
     pub rerank_attend: CudaFunction,
     pub rerank_select: CudaFunction,
     pub gather_rows: CudaFunction,
@@ -210,6 +211,7 @@ impl Kernels {
             random_unit_rows: function("fusion", "random_unit_rows")?,
             item_scores_small: function("scores", "item_scores_small")?,
             topk_rows: function("topk", "topk_rows")?,
+            topk_filter: function("topk", "topk_filter")?,
             rerank_attend: function("rerank", "rerank_attend")?,
             rerank_select: function("rerank", "rerank_select")?,
             gather_rows: function("cache", "gather_rows")?,
@@ -223,6 +225,7 @@ impl Kernels {
         };
         for (kernel, bytes) in [
             (&kernels.topk_rows, TOPK_MAX_SHARED_BYTES),
+            (&kernels.topk_filter, TOPK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend, RERANK_MAX_SHARED_BYTES),
         ] {
             kernel

@@ -49,7 +49,8 @@ pub use path::GpuPath;
 pub use rerank::{CudaRerank, MAX_RERANKED, MAX_SLOTS};
 #[cfg(feature = "cuda")]
 pub use similarity::{
-    CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, score_all_items, topk_shared_bytes,
+    CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, score_all_items,
+    topk_filter_shared_bytes, topk_shared_bytes,
 };
 #[cfg(feature = "cuda")]
 pub use tables::{DeviceTables, NO_ITEM, SharedTables, TablesConfig};

@@ -25,6 +25,35 @@ pub fn topk_shared_bytes(n_items: usize) -> usize {
     MAX_CANDIDATES * 8 + 4096 * 4 + 32 * 4 + 16 * 4 + n_items.div_ceil(8) * 16
 }
 
+/// Candidate buffer entries of `topk_filter` for a selection of `k`: room for the few times
+/// `k` scores that clear the sampled threshold (at least the 4096-bin histogram that shares
+/// the memory).
+fn filter_capacity(k: usize) -> usize {
+    if k <= 256 { 2048 } else { 4096 }
+}
+
+/// Dynamic shared memory of `topk_filter` for a catalog of `n_items` and a selection of `k`:
+/// the candidate buffer, scratch, then a bitmap of the seen items.
+pub fn topk_filter_shared_bytes(n_items: usize, k: usize) -> usize {
+    filter_capacity(k) * 8 + (32 + 16 + 16) * 4 + n_items.div_ceil(32) * 4
+}
+
+/// Which selection kernel runs; every strategy selects exactly the same items.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TopKStrategy {
+    /// Threshold filter: a threshold from a sample of each row, one pass keeping the scores
+    /// above it, an exact selection among them, and the exact radix select of
+    /// [`TopKStrategy::ExactRadix`] for the rare row where the threshold misses (the default).
+    #[default]
+    SampledThreshold,
+    /// The threshold filter's fallback on every row: radix select over the row read from
+    /// global memory (for tests and comparisons).
+    ExactRadix,
+    /// One 1024-thread block per row with the row's keys in shared memory (the kernel rows
+    /// with an fp32 prior always use).
+    SharedRow,
+}
+
 /// Leading dimension of a score matrix: rows start 16-byte aligned for vector loads.
 pub(crate) fn score_ld(n_items: usize) -> usize {
     n_items.div_ceil(8) * 8
@@ -194,6 +223,7 @@ pub(crate) fn enqueue_top_k(
     k: usize,
     prior: Option<&CudaBuffer<f32>>,
     exclusion: Option<Exclusion<'_>>,
+    strategy: TopKStrategy,
     out_ids: &mut CudaBuffer<u32>,
     out_scores: &mut CudaBuffer<f32>,
 ) -> Result<(), CudaError> {
@@ -202,10 +232,19 @@ pub(crate) fn enqueue_top_k(
             "top-k needs 1 <= k <= {MAX_CANDIDATES}, got {k}"
         )));
     }
-    let shared = topk_shared_bytes(n_items);
+    // Rows with a prior add it in the shared-row kernel (the filter reads fp16 rows only).
+    let strategy = if prior.is_some() {
+        TopKStrategy::SharedRow
+    } else {
+        strategy
+    };
+    let shared = match strategy {
+        TopKStrategy::SharedRow => topk_shared_bytes(n_items),
+        _ => topk_filter_shared_bytes(n_items, k),
+    };
     if shared > TOPK_MAX_SHARED_BYTES {
         return Err(CudaError::Unsupported(format!(
-            "the top-K kernel keeps a score row in shared memory: {n_items} items need {shared} bytes, the limit is {TOPK_MAX_SHARED_BYTES}"
+            "the top-K kernel ({strategy:?}) needs {shared} bytes of shared memory for {n_items} items, the limit is {TOPK_MAX_SHARED_BYTES}"
         )));
     }
     let ld = score_ld(n_items);
@@ -233,8 +272,37 @@ pub(crate) fn enqueue_top_k(
         None => (0, 0, 0, 0),
     };
     let (scores_ptr, ld_u, n_items_u) = (scores.device_ptr(), ld as u32, n_items as u32);
-    let prior_ptr = prior.map_or(0, |p| p.device_ptr());
     let (k_u, ids, out) = (k as u32, out_ids.device_ptr(), out_scores.device_ptr());
+    if strategy != TopKStrategy::SharedRow {
+        let capacity = filter_capacity(k) as u32;
+        let exact_only = u32::from(strategy == TopKStrategy::ExactRadix);
+        let mut params = [
+            arg(&scores_ptr),
+            arg(&ld_u),
+            arg(&n_items_u),
+            arg(&exclude),
+            arg(&seen_offsets),
+            arg(&seen_lens),
+            arg(&seen_items),
+            arg(&k_u),
+            arg(&capacity),
+            arg(&exact_only),
+            arg(&ids),
+            arg(&out),
+        ];
+        // SAFETY: parameters match `topk_filter`; buffers are sized above; the exclusion
+        // users are rows of `tables` (the host writes only known rows or NO_ITEM).
+        return unsafe {
+            cuda.launch(
+                &cuda.kernels.topk_filter,
+                (n as u32, 1, 1),
+                (256, 1, 1),
+                shared as u32,
+                &mut params,
+            )
+        };
+    }
+    let prior_ptr = prior.map_or(0, |p| p.device_ptr());
     let mut params = [
         arg(&scores_ptr),
         arg(&ld_u),
@@ -287,6 +355,19 @@ impl TopK {
         n: usize,
         k: usize,
     ) -> Result<(), CudaError> {
+        self.enqueue_with(cuda, scores, n_items, n, k, TopKStrategy::default())
+    }
+
+    /// [`TopK::enqueue`] with a chosen selection kernel (the results are the same).
+    pub fn enqueue_with(
+        &mut self,
+        cuda: &Cuda,
+        scores: &CudaBuffer<u16>,
+        n_items: usize,
+        n: usize,
+        k: usize,
+        strategy: TopKStrategy,
+    ) -> Result<(), CudaError> {
         enqueue_top_k(
             cuda,
             scores,
@@ -295,6 +376,7 @@ impl TopK {
             k,
             None,
             None,
+            strategy,
             &mut self.ids,
             &mut self.scores,
         )
@@ -332,6 +414,7 @@ pub struct CudaSimilarity {
     users: SharedUsers,
     tables: SharedTables,
     params: SimilarityParams,
+    strategy: TopKStrategy,
     exclude_host: Vec<u32>,
     exclude: CudaBuffer<u32>,
     fused_half: CudaBuffer<u16>,
@@ -364,12 +447,18 @@ impl CudaSimilarity {
             users,
             tables,
             params,
+            strategy: TopKStrategy::default(),
             exclude_host: Vec::new(),
             exclude: cuda.alloc(0)?,
             fused_half: cuda.alloc(0)?,
             fused_offset: cuda.alloc(0)?,
             scores: cuda.alloc(0)?,
         })
+    }
+
+    /// Chooses the top-K kernel (all select the same items; tests and comparisons).
+    pub fn set_top_k_strategy(&mut self, strategy: TopKStrategy) {
+        self.strategy = strategy;
     }
 
     /// Host step: who is excluded per query (and the notes saying so), uploaded.
@@ -483,6 +572,7 @@ impl CudaSimilarity {
                 users: &self.exclude,
                 tables: &tables,
             }),
+            self.strategy,
             &mut batch.candidate_ids,
             &mut batch.candidate_scores,
         )?;

@@ -17,6 +17,7 @@ use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, SharedUsers};
 use hyperrec_fusion::{Fusion, FusionConfig};
 use hyperrec_kernels::{
     Cuda, CudaFusion, CudaSimilarity, DeviceTables, SimilarityParams, TablesConfig, TopK,
+    TopKStrategy,
 };
 use hyperrec_similarity::{Similarity, SimilarityConfig};
 use hyperrec_stage::{Batch, Cpu, Device, Event, Interaction, Request, Stage, UserId};
@@ -244,13 +245,23 @@ fn top_k_kernel_selects_exactly_on_fp16_scores() {
     };
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    for _ in 0..4 {
-        let n_items: usize = rng.random_range(1..70_000);
+    for case in 0..6 {
+        let n_items: usize = match case {
+            0 => rng.random_range(1..300),
+            _ => rng.random_range(1..70_000),
+        };
         let n = rng.random_range(1..40);
-        let k = rng.random_range(1..=1024);
+        let k = match case {
+            1 => rng.random_range(1..=128),
+            _ => rng.random_range(1..=1024),
+        };
         let ld = n_items.div_ceil(8) * 8;
-        // Coarse values force ties; a few NaNs must never be selected.
-        let levels = rng.random_range(2..3000) as f32;
+        // Coarse values force ties (very coarse ones overflow the threshold filter's
+        // candidate buffer); a few NaNs must never be selected.
+        let levels = match case {
+            2 => rng.random_range(2..6) as f32,
+            _ => rng.random_range(2..3000) as f32,
+        };
         let mut host = vec![0u16; n * ld];
         for q in 0..n {
             for j in 0..n_items {
@@ -262,41 +273,132 @@ fn top_k_kernel_selects_exactly_on_fp16_scores() {
                 };
                 host[q * ld + j] = f16::from_f32(x).to_bits();
             }
+            // Every third row defeats the filter's sample: the 8-score vectors it reads
+            // (256 spread evenly over the row) hold the row's best scores, so its threshold
+            // passes fewer than k scores and the exact fallback must take over.
+            let nvec = n_items.div_ceil(8);
+            if q % 3 == 2 && nvec > 256 {
+                for t in 0..256 {
+                    let v = t * nvec / 256;
+                    for j in v * 8..(v * 8 + 8).min(n_items) {
+                        let x = 2.0 + rng.random_range(0.0f32..1.0);
+                        host[q * ld + j] = f16::from_f32(x).to_bits();
+                    }
+                }
+            }
         }
         let mut scores = cuda.zeros::<u16>(n * ld).expect("alloc");
         cuda.upload(&host, &mut scores).expect("upload");
         let mut top = TopK::new(&cuda).expect("topk");
-        top.enqueue(&cuda, &scores, n_items, n, k).expect("enqueue");
-        let ids = download(&cuda, top.ids());
-        let got_scores = download(&cuda, top.scores());
-        for q in 0..n {
-            let mut order: Vec<(f32, u32)> = (0..n_items)
-                .map(|j| (f16::from_bits(host[q * ld + j]).to_f32(), j as u32))
-                .filter(|(s, _)| !s.is_nan())
-                .collect();
-            // -0 and +0 compare equal (as in the CPU selector): partial_cmp keeps them tied.
-            order.sort_by(|a, b| {
-                b.0.partial_cmp(&a.0)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.1.cmp(&b.1))
-            });
-            for i in 0..k {
-                let context = format!("seed {seed}, n_items {n_items}, k {k}, query {q}, rank {i}");
-                match order.get(i) {
-                    Some(&(s, j)) => {
-                        assert_eq!(ids[q * k + i], j, "{context}");
-                        assert_eq!(got_scores[q * k + i], s, "{context}");
-                    }
-                    None => {
-                        assert_eq!(ids[q * k + i], u32::MAX, "{context}: padding");
-                        assert_eq!(
-                            got_scores[q * k + i],
-                            f32::NEG_INFINITY,
-                            "{context}: padding"
-                        );
+        for strategy in [
+            TopKStrategy::SampledThreshold,
+            TopKStrategy::ExactRadix,
+            TopKStrategy::SharedRow,
+        ] {
+            top.enqueue_with(&cuda, &scores, n_items, n, k, strategy)
+                .expect("enqueue");
+            let ids = download(&cuda, top.ids());
+            let got_scores = download(&cuda, top.scores());
+            for q in 0..n {
+                let mut order: Vec<(f32, u32)> = (0..n_items)
+                    .map(|j| (f16::from_bits(host[q * ld + j]).to_f32(), j as u32))
+                    .filter(|(s, _)| !s.is_nan())
+                    .collect();
+                // -0 and +0 compare equal (as in the CPU selector): partial_cmp keeps them tied.
+                order.sort_by(|a, b| {
+                    b.0.partial_cmp(&a.0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then(a.1.cmp(&b.1))
+                });
+                for i in 0..k {
+                    let context = format!(
+                        "seed {seed}, {strategy:?}, n_items {n_items}, k {k}, query {q}, rank {i}"
+                    );
+                    match order.get(i) {
+                        Some(&(s, j)) => {
+                            assert_eq!(ids[q * k + i], j, "{context}");
+                            assert_eq!(got_scores[q * k + i], s, "{context}");
+                        }
+                        None => {
+                            assert_eq!(ids[q * k + i], u32::MAX, "{context}: padding");
+                            assert_eq!(
+                                got_scores[q * k + i],
+                                f32::NEG_INFINITY,
+                                "{context}: padding"
+                            );
+                        }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Users who have seen a large share of the catalog (some more than it has left to
+/// recommend): every top-K strategy selects the same candidates, none of them seen, and
+/// the default one agrees with the CPU stage.
+#[test]
+fn top_k_strategies_agree_with_heavy_seen_sets() {
+    let Some(cuda) = cuda_or_skip("top_k_strategies_agree_with_heavy_seen_sets") else {
+        return;
+    };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n_items = rng.random_range(1000..6000);
+    let items = random_items(&mut rng, n_items, DIM);
+    let users = random_users(&mut rng, &items, 40, n_items);
+    let tables = tables(&cuda, &items, &users);
+    for (n, candidates) in [(1, 100), (33, 1000), (16, rng.random_range(1..1025))] {
+        let requests = random_requests(&mut rng, 40, n, 10);
+        let queries = random_queries(&mut rng, n, DIM);
+        let context = format!("seed {seed}, n_items {n_items}, n {n}, candidates {candidates}");
+        let mut both = run_both(
+            &cuda, &items, &users, &tables, requests, &queries, 0.5, candidates,
+        );
+        let k = both.gpu.candidates;
+        let default_ids = download(&cuda, &both.gpu.candidate_ids);
+        let default_scores = download(&cuda, &both.gpu.candidate_scores);
+        for q in 0..n {
+            let row = q * k..(q + 1) * k;
+            assert_candidates_agree(
+                &items,
+                &both.cpu.fused[q * DIM..(q + 1) * DIM],
+                &both.cpu.candidate_ids[row.clone()],
+                &both.cpu.candidate_scores[row.clone()],
+                &default_ids[row.clone()],
+                &default_scores[row.clone()],
+                &format!("{context}, query {q}"),
+            );
+            for id in &default_ids[row] {
+                assert!(
+                    !both.cpu.notes[q].excluded.contains(id),
+                    "{context}: seen item {id} selected for query {q}"
+                );
+            }
+        }
+        let mut similarity = CudaSimilarity::new(
+            &cuda,
+            users.clone(),
+            tables.clone(),
+            SimilarityParams {
+                candidates,
+                exclude_seen: true,
+            },
+        )
+        .expect("cuda similarity");
+        for strategy in [TopKStrategy::ExactRadix, TopKStrategy::SharedRow] {
+            similarity.set_top_k_strategy(strategy);
+            similarity.run(&cuda, &mut both.gpu).expect("similarity");
+            assert_eq!(
+                download(&cuda, &both.gpu.candidate_ids),
+                default_ids,
+                "{context}: {strategy:?} ids"
+            );
+            assert_eq!(
+                download(&cuda, &both.gpu.candidate_scores),
+                default_scores,
+                "{context}: {strategy:?} scores"
+            );
         }
     }
 }

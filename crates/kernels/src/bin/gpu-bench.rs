@@ -17,7 +17,7 @@ use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
-    GpuPath, SharedTables, SimilarityParams, TablesConfig, TopK, score_all_items,
+    GpuPath, SharedTables, SimilarityParams, TablesConfig, TopK, TopKStrategy, score_all_items,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -240,24 +240,28 @@ fn main() -> anyhow::Result<()> {
         let mut scores = cuda.zeros::<u16>(host.len())?;
         cuda.upload(&host, &mut scores)?;
         let mut top = TopK::new(&cuda)?;
-        let us = device_time(&cuda, args.reps, || {
-            Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1000, 100)?)
-        })?;
-        results.push(("top-100 of 62,423, 1000 queries".into(), us, "us"));
-        let us = device_time(&cuda, args.reps, || {
-            Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1, 100)?)
-        })?;
-        results.push(("top-100 of 62,423, 1 query".into(), us, "us"));
+        for strategy in [
+            TopKStrategy::SampledThreshold,
+            TopKStrategy::ExactRadix,
+            TopKStrategy::SharedRow,
+        ] {
+            for (n, k) in [(1000usize, 100usize), (1, 100), (1000, 1000)] {
+                let us = device_time(&cuda, args.reps, || {
+                    Ok(top.enqueue_with(&cuda, &scores, N_ITEMS, n, k, strategy)?)
+                })?;
+                results.push((
+                    format!("top-{k} of 62,423, {n} queries ({strategy:?})"),
+                    us,
+                    "us",
+                ));
+            }
+        }
         for n in [132usize, 264, 500] {
             let us = device_time(&cuda, args.reps, || {
                 Ok(top.enqueue(&cuda, &scores, N_ITEMS, n, 100)?)
             })?;
             results.push((format!("top-100 of 62,423, {n} queries"), us, "us"));
         }
-        let us = device_time(&cuda, args.reps, || {
-            Ok(top.enqueue(&cuda, &scores, N_ITEMS, 1000, 1000)?)
-        })?;
-        results.push(("top-1000 of 62,423, 1000 queries".into(), us, "us"));
     }
 
     // The score GEMM alone.
