@@ -63,6 +63,12 @@ pub enum EncoderError {
     /// Tokenization failed (the tokenizer itself reported an error).
     #[error("tokenization failed: {0}")]
     Tokenize(String),
+    /// A row of word-piece ids is longer than the model's position table.
+    #[error("{pieces} word pieces exceed the model's {max} positions")]
+    TooManyWordPieces { pieces: usize, max: usize },
+    /// A word-piece id is outside the model's vocabulary.
+    #[error("word piece id {id} is outside the model's vocabulary of {vocab}")]
+    UnknownWordPiece { id: u32, vocab: usize },
     /// The forward pass failed (tensor shape or backend error).
     #[error("model inference failed: {0}")]
     Inference(#[from] candle_core::Error),

@@ -5,9 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use parking_lot::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::EncoderError;
+use crate::bert::{NativeBert, Scratch};
 use crate::provision::{ModelFiles, read_model_file};
 
 /// Word pieces per text, `[CLS]` and `[SEP]` included; longer texts are truncated. This
@@ -42,16 +44,38 @@ impl TokenBatch {
     }
 }
 
+/// Which implementation of the BERT forward pass an [`Encoder`] runs. Both compute the
+/// same function in `f32`; they differ in speed, not in results (beyond float rounding;
+/// the tests compare them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncoderBackend {
+    /// hyperrec's own forward pass on flat buffers (`bert.rs`): only real word pieces are
+    /// computed, weights are read once per layer for the whole batch, no allocation in
+    /// steady state. Several times faster than [`EncoderBackend::Candle`] on queries.
+    #[default]
+    Native,
+    /// `candle_transformers`' `BertModel`: the reference implementation.
+    Candle,
+}
+
+enum Forward {
+    /// The native pass and a pool of scratch buffers (one per concurrent caller).
+    Native {
+        bert: Box<NativeBert>,
+        scratch: Mutex<Vec<Scratch>>,
+    },
+    Candle(Box<BertModel>),
+}
+
 /// all-MiniLM-L6-v2 (or any BERT sentence encoder with mean pooling) on the CPU, in f32.
 ///
-/// Matrix products run on rayon's global pool through `gemm`, which candle sizes from
-/// `RAYON_NUM_THREADS`, else the number of cores the process may use; a server that
-/// wants to keep cores for other stages sets `RAYON_NUM_THREADS`. Tokenization of a batch
-/// also runs on that pool.
+/// Matrix products run on rayon's global pool, sized from `RAYON_NUM_THREADS`, else the
+/// number of cores the process may use; a server that wants to keep cores for other
+/// stages sets `RAYON_NUM_THREADS`. Tokenization of a batch also runs on that pool.
 ///
 /// `Encoder` is `Send + Sync`: share one behind an `Arc`; `encode` takes `&self`.
 pub struct Encoder {
-    model: BertModel,
+    forward: Forward,
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
@@ -69,8 +93,14 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// Loads the tokenizer, the BERT config and the weights of `files`.
+    /// Loads the tokenizer, the BERT config and the weights of `files`, for the default
+    /// ([`EncoderBackend::Native`]) forward pass.
     pub fn load(files: &ModelFiles) -> Result<Encoder, EncoderError> {
+        Encoder::load_with(files, EncoderBackend::default())
+    }
+
+    /// [`Encoder::load`] with a chosen forward pass.
+    pub fn load_with(files: &ModelFiles, backend: EncoderBackend) -> Result<Encoder, EncoderError> {
         let config_bytes = read_model_file(&files.config)?;
         let config: BertConfig =
             serde_json::from_slice(&config_bytes).map_err(|error| EncoderError::InvalidConfig {
@@ -108,19 +138,35 @@ impl Encoder {
                 reason: error.to_string(),
             },
         )?;
-        let model =
-            BertModel::load(vars, &config).map_err(|error| EncoderError::WeightsMismatch {
-                path: files.weights.clone(),
-                reason: error.to_string(),
-            })?;
+        let mismatch = |error: candle_core::Error| EncoderError::WeightsMismatch {
+            path: files.weights.clone(),
+            reason: error.to_string(),
+        };
+        let forward = match backend {
+            EncoderBackend::Native => Forward::Native {
+                bert: Box::new(NativeBert::load(&vars, &config).map_err(mismatch)?),
+                scratch: Mutex::new(Vec::new()),
+            },
+            EncoderBackend::Candle => {
+                Forward::Candle(Box::new(BertModel::load(vars, &config).map_err(mismatch)?))
+            }
+        };
         Ok(Encoder {
-            model,
+            forward,
             tokenizer,
             device,
             dim: config.hidden_size,
             pad_id,
             fingerprint: files.fingerprint.clone(),
         })
+    }
+
+    /// The forward pass this encoder runs.
+    pub fn backend(&self) -> EncoderBackend {
+        match self.forward {
+            Forward::Native { .. } => EncoderBackend::Native,
+            Forward::Candle(_) => EncoderBackend::Candle,
+        }
     }
 
     /// Width of the embeddings (384 for all-MiniLM-L6-v2).
@@ -224,7 +270,14 @@ impl Encoder {
         let mut out = vec![0.0f32; rows.len() * self.dim];
         for chunk in order.chunks(ENCODE_CHUNK) {
             let chunk_rows: Vec<&[u32]> = chunk.iter().map(|&row| rows[row]).collect();
-            let embeddings = self.embed_batch(&self.pad(&chunk_rows))?;
+            let embeddings = match &self.forward {
+                Forward::Native { bert, scratch } => {
+                    let mut embeddings = vec![0.0f32; chunk_rows.len() * self.dim];
+                    run_native(bert, scratch, &chunk_rows, &mut embeddings)?;
+                    embeddings
+                }
+                Forward::Candle(_) => self.embed_batch(&self.pad(&chunk_rows))?,
+            };
             for (&row, embedding) in chunk.iter().zip(embeddings.chunks_exact(self.dim)) {
                 out[row * self.dim..(row + 1) * self.dim].copy_from_slice(embedding);
             }
@@ -239,11 +292,26 @@ impl Encoder {
         if rows == 0 {
             return Ok(Vec::new());
         }
+        let model = match &self.forward {
+            Forward::Native { bert, scratch } => {
+                // Real word pieces only: the mask marks a prefix of each padded row.
+                let unpadded: Vec<&[u32]> = batch
+                    .ids
+                    .chunks_exact(batch.seq_len)
+                    .zip(batch.attention_mask.chunks_exact(batch.seq_len))
+                    .map(|(ids, mask)| &ids[..mask.iter().take_while(|&&m| m != 0).count()])
+                    .collect();
+                let mut out = vec![0.0f32; rows * self.dim];
+                run_native(bert, scratch, &unpadded, &mut out)?;
+                return Ok(out);
+            }
+            Forward::Candle(model) => model,
+        };
         let shape = (rows, batch.seq_len);
         let ids = Tensor::from_slice(&batch.ids, shape, &self.device)?;
         let mask = Tensor::from_slice(&batch.attention_mask, shape, &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let hidden = model.forward(&ids, &token_types, Some(&mask))?;
 
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -259,6 +327,20 @@ impl Encoder {
         let normalized = mean.broadcast_div(&norms)?;
         Ok(normalized.flatten_all()?.to_vec1::<f32>()?)
     }
+}
+
+/// Runs the native pass with a scratch set from the pool (a new one when every set is in
+/// use by another caller), returned to the pool afterwards.
+fn run_native(
+    bert: &NativeBert,
+    pool: &Mutex<Vec<Scratch>>,
+    rows: &[&[u32]],
+    out: &mut [f32],
+) -> Result<(), EncoderError> {
+    let mut scratch = pool.lock().pop().unwrap_or_default();
+    let result = bert.embed(rows, &mut scratch, out);
+    pool.lock().push(scratch);
+    result
 }
 
 /// Rejects what cannot or should not be embedded: empty or whitespace-only text, and text

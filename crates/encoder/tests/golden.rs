@@ -1,9 +1,10 @@
 //! The encoder against reference embeddings of sentence-transformers/all-MiniLM-L6-v2:
-//! same word pieces, cosine >= 0.9999 for every case of the golden file.
+//! same word pieces, cosine >= 0.9999 for every case of the golden file, with the default
+//! (native) forward pass and with candle's reference one.
 
 mod common;
 
-use hyperrec_encoder::EncoderError;
+use hyperrec_encoder::{Encoder, EncoderBackend, EncoderError};
 use serde::Deserialize;
 
 const MIN_COSINE: f64 = 0.9999;
@@ -41,10 +42,23 @@ fn golden() -> Golden {
 
 #[test]
 fn word_pieces_and_embeddings_match_the_reference() {
+    let encoder = common::encoder();
+    assert_eq!(encoder.backend(), EncoderBackend::Native);
+    check_golden(encoder);
+}
+
+#[test]
+fn candle_forward_matches_the_reference_too() {
+    let encoder = common::reference_encoder();
+    assert_eq!(encoder.backend(), EncoderBackend::Candle);
+    check_golden(encoder);
+}
+
+fn check_golden(encoder: &Encoder) {
     let golden = golden();
     assert_eq!(golden.model, hyperrec_encoder::DEFAULT_MODEL);
     assert!(!golden.cases.is_empty(), "the golden file has no cases");
-    let encoder = common::encoder();
+    let backend = encoder.backend();
 
     let mut min_cosine = f64::INFINITY;
     let mut failures = Vec::new();
@@ -115,13 +129,13 @@ fn word_pieces_and_embeddings_match_the_reference() {
         }
     }
     println!(
-        "golden: {} cases, min cosine {min_cosine:.10} (1 - min = {:.2e})",
+        "golden ({backend:?}): {} cases, min cosine {min_cosine:.10} (1 - min = {:.2e})",
         golden.cases.len(),
         1.0 - min_cosine
     );
     assert!(
         failures.is_empty(),
-        "min cosine {min_cosine:.10}; mismatches:\n{}",
+        "{backend:?}: min cosine {min_cosine:.10}; mismatches:\n{}",
         failures.join("\n")
     );
 }

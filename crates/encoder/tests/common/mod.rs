@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use hyperrec_encoder::{DEFAULT_MODEL, Encoder, ModelFiles, resolve_model};
+use hyperrec_encoder::{DEFAULT_MODEL, Encoder, EncoderBackend, ModelFiles, resolve_model};
 
 pub fn model_files() -> &'static ModelFiles {
     static FILES: OnceLock<ModelFiles> = OnceLock::new();
@@ -27,6 +27,17 @@ pub fn encoder() -> &'static Encoder {
         Ok(encoder) => encoder,
         Err(error) => panic!("cannot load the model: {error}"),
     })
+}
+
+/// The same model on candle's `BertModel`: the reference forward pass.
+pub fn reference_encoder() -> &'static Encoder {
+    static ENCODER: OnceLock<Encoder> = OnceLock::new();
+    ENCODER.get_or_init(
+        || match Encoder::load_with(model_files(), EncoderBackend::Candle) {
+            Ok(encoder) => encoder,
+            Err(error) => panic!("cannot load the model: {error}"),
+        },
+    )
 }
 
 pub fn cosine(a: &[f32], b: &[f64]) -> f64 {

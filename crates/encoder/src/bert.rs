@@ -1,0 +1,422 @@
+//! hyperrec's own BERT forward pass on the CPU, built for query-sized inputs.
+//!
+//! A query is some 5 to 20 word pieces, so the forward pass is a chain of skinny matrix
+//! products `[tokens, 384] x [384, out]` plus a little attention. A general tensor library
+//! spends most of such a pass on per-operation overhead (allocation, broadcasting, layout
+//! copies for the attention heads); this module runs the same arithmetic on flat `f32`
+//! buffers it reuses:
+//!
+//! - only real word pieces are processed: the rows of a batch are concatenated without
+//!   padding (attention stays within a row), so a batch costs what its tokens cost;
+//! - every linear layer is `y = x Wᵀ + b` with `W` kept in its `[out, in]` layout and
+//!   computed by [`hyperrec_dot::dot_block`] (AVX2 + FMA where the CPU has it) over blocks of
+//!   `W`'s rows in parallel: each block of weights is read once per call and used for
+//!   every token;
+//! - the query, key and value projections are one fused `[3 * hidden, hidden]` product.
+//!
+//! It computes what `candle_transformers::models::bert::BertModel` computes (the reference
+//! the tests compare it with; see [`crate::EncoderBackend`]): embeddings (word + position +
+//! token type 0) and LayerNorm, then per layer self-attention with a residual LayerNorm
+//! and a GELU feed-forward block with a residual LayerNorm. The layout (one fused QKV
+//! matrix, unpadded token rows with row offsets) is also the one a GPU encoder uploads.
+
+use std::ops::Range;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
+use rayon::prelude::*;
+
+use crate::EncoderError;
+
+/// Weight rows per parallel task of a linear layer: 32 rows x 384 inputs = 48 KiB, which
+/// stays in L1/L2 while the token rows stream past.
+const WEIGHT_BLOCK: usize = 32;
+
+/// `y = x Wᵀ + b` with `W` row-major `[outputs, inputs]`.
+struct Linear {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Linear {
+    fn load(vb: &VarBuilder<'_>, inputs: usize, outputs: usize) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight: flat(vb.get((outputs, inputs), "weight")?)?,
+            bias: flat(vb.get(outputs, "bias")?)?,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Stacks linears with the same inputs into one (rows of the first, then the next...).
+    fn stack(parts: Vec<Linear>) -> Linear {
+        let inputs = parts[0].inputs;
+        let mut stacked = Linear {
+            weight: Vec::new(),
+            bias: Vec::new(),
+            inputs,
+            outputs: 0,
+        };
+        for part in parts {
+            debug_assert_eq!(part.inputs, inputs);
+            stacked.weight.extend_from_slice(&part.weight);
+            stacked.bias.extend_from_slice(&part.bias);
+            stacked.outputs += part.outputs;
+        }
+        stacked
+    }
+
+    /// `out[t] = x[t] Wᵀ + b` for the `tokens` rows of `x`; `transposed` is scratch.
+    fn forward(&self, x: &[f32], tokens: usize, transposed: &mut Vec<f32>, out: &mut Vec<f32>) {
+        // The product is computed transposed, `[outputs, tokens]`, so each parallel task
+        // owns a contiguous block of output rows; the transpose back is cheap.
+        transposed.resize(self.outputs * tokens, 0.0);
+        transposed
+            .par_chunks_mut(WEIGHT_BLOCK * tokens)
+            .zip(self.weight.par_chunks(WEIGHT_BLOCK * self.inputs))
+            .for_each(|(block_out, block_weights)| {
+                hyperrec_dot::dot_block(block_weights, x, self.inputs, block_out, tokens);
+            });
+        out.resize(tokens * self.outputs, 0.0);
+        for (t, row) in out.chunks_exact_mut(self.outputs).enumerate() {
+            for (o, (value, bias)) in row.iter_mut().zip(&self.bias).enumerate() {
+                *value = transposed[o * tokens + t] + bias;
+            }
+        }
+    }
+}
+
+struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn load(vb: &VarBuilder<'_>, width: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: flat(vb.get(width, "weight")?)?,
+            beta: flat(vb.get(width, "bias")?)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalizes every `gamma.len()`-wide row of `x` in place.
+    fn apply(&self, x: &mut [f32]) {
+        let width = self.gamma.len();
+        for row in x.chunks_exact_mut(width) {
+            let mean = row.iter().sum::<f32>() / width as f32;
+            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let inv = 1.0 / (variance + self.eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+struct Layer {
+    /// Query, key and value projections stacked: `[3 * hidden, hidden]`.
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The feed-forward activation of the config.
+#[derive(Clone, Copy)]
+enum Activation {
+    /// `x Φ(x)` with the exact normal CDF (BERT's "gelu").
+    GeluErf,
+    /// The tanh approximation ("gelu_new").
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn apply(self, x: &mut [f32]) {
+        match self {
+            Activation::GeluErf => x.iter_mut().for_each(|v| {
+                *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
+            }),
+            Activation::GeluTanh => x.iter_mut().for_each(|v| {
+                let inner = 0.797_884_6 * (*v + 0.044_715 * *v * *v * *v);
+                *v = 0.5 * *v * (1.0 + inner.tanh());
+            }),
+            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
+    }
+}
+
+/// The weights of a BERT encoder, flat `f32`, and its shape.
+pub(crate) struct NativeBert {
+    hidden: usize,
+    heads: usize,
+    vocab: usize,
+    max_positions: usize,
+    /// `[vocab, hidden]`.
+    word: Vec<f32>,
+    /// `[max_positions, hidden]`.
+    position: Vec<f32>,
+    /// Row 0 of the token-type table: every text is one segment.
+    token_type: Vec<f32>,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    activation: Activation,
+}
+
+/// Buffers of one forward pass, reused across calls.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    hidden: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    projected: Vec<f32>,
+    intermediate: Vec<f32>,
+    transposed: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl NativeBert {
+    /// Reads the weights named like Hugging Face's `BertModel` (optionally under the
+    /// config's `model_type` prefix, as candle does) and converts them to `f32`.
+    pub(crate) fn load(
+        vb: &VarBuilder<'_>,
+        config: &BertConfig,
+    ) -> candle_core::Result<NativeBert> {
+        let root = if vb.contains_tensor("embeddings.word_embeddings.weight") {
+            vb.clone()
+        } else {
+            match &config.model_type {
+                Some(prefix) => vb.pp(prefix),
+                None => vb.clone(),
+            }
+        };
+        let hidden = config.hidden_size;
+        let heads = config.num_attention_heads;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            candle_core::bail!("hidden size {hidden} is not a multiple of {heads} heads");
+        }
+        let activation = match config.hidden_act {
+            HiddenAct::Gelu => Activation::GeluErf,
+            HiddenAct::GeluApproximate => Activation::GeluTanh,
+            HiddenAct::Relu => Activation::Relu,
+        };
+        let eps = config.layer_norm_eps;
+        let embeddings = root.pp("embeddings");
+        let token_types = flat(
+            embeddings
+                .pp("token_type_embeddings")
+                .get((config.type_vocab_size, hidden), "weight")?,
+        )?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|index| {
+                let layer = root.pp(format!("encoder.layer.{index}"));
+                let attention = layer.pp("attention");
+                let projection =
+                    |name: &str| Linear::load(&attention.pp("self").pp(name), hidden, hidden);
+                Ok(Layer {
+                    qkv: Linear::stack(vec![
+                        projection("query")?,
+                        projection("key")?,
+                        projection("value")?,
+                    ]),
+                    attention_out: Linear::load(&attention.pp("output.dense"), hidden, hidden)?,
+                    attention_norm: LayerNorm::load(
+                        &attention.pp("output.LayerNorm"),
+                        hidden,
+                        eps,
+                    )?,
+                    intermediate: Linear::load(
+                        &layer.pp("intermediate.dense"),
+                        hidden,
+                        config.intermediate_size,
+                    )?,
+                    output: Linear::load(
+                        &layer.pp("output.dense"),
+                        config.intermediate_size,
+                        hidden,
+                    )?,
+                    output_norm: LayerNorm::load(&layer.pp("output.LayerNorm"), hidden, eps)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<Layer>>>()?;
+        Ok(NativeBert {
+            hidden,
+            heads,
+            vocab: config.vocab_size,
+            max_positions: config.max_position_embeddings,
+            word: flat(
+                embeddings
+                    .pp("word_embeddings")
+                    .get((config.vocab_size, hidden), "weight")?,
+            )?,
+            position: flat(
+                embeddings
+                    .pp("position_embeddings")
+                    .get((config.max_position_embeddings, hidden), "weight")?,
+            )?,
+            token_type: token_types[..hidden].to_vec(),
+            embedding_norm: LayerNorm::load(&embeddings.pp("LayerNorm"), hidden, eps)?,
+            layers,
+            activation,
+        })
+    }
+
+    /// Mean-pooled, L2-normalized embeddings of `rows` (word-piece ids, no padding),
+    /// row-major `[rows.len(), hidden]`, written into `out`.
+    pub(crate) fn embed(
+        &self,
+        rows: &[&[u32]],
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<(), EncoderError> {
+        let hidden = self.hidden;
+        let mut spans: Vec<Range<usize>> = Vec::with_capacity(rows.len());
+        let mut tokens = 0;
+        for row in rows {
+            if row.len() > self.max_positions {
+                return Err(EncoderError::TooManyWordPieces {
+                    pieces: row.len(),
+                    max: self.max_positions,
+                });
+            }
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.vocab) {
+                return Err(EncoderError::UnknownWordPiece {
+                    id,
+                    vocab: self.vocab,
+                });
+            }
+            spans.push(tokens..tokens + row.len());
+            tokens += row.len();
+        }
+        debug_assert_eq!(out.len(), rows.len() * hidden);
+
+        let x = &mut scratch.hidden;
+        x.clear();
+        for row in rows {
+            for (position, &id) in row.iter().enumerate() {
+                let word = &self.word[id as usize * hidden..][..hidden];
+                let place = &self.position[position * hidden..][..hidden];
+                x.extend(
+                    word.iter()
+                        .zip(place)
+                        .zip(&self.token_type)
+                        .map(|((w, p), t)| w + p + t),
+                );
+            }
+        }
+        self.embedding_norm.apply(x);
+
+        for layer in &self.layers {
+            layer.qkv.forward(
+                &scratch.hidden,
+                tokens,
+                &mut scratch.transposed,
+                &mut scratch.qkv,
+            );
+            self.attend(&spans, scratch);
+            layer.attention_out.forward(
+                &scratch.context,
+                tokens,
+                &mut scratch.transposed,
+                &mut scratch.projected,
+            );
+            add_into(&mut scratch.hidden, &scratch.projected);
+            layer.attention_norm.apply(&mut scratch.hidden);
+
+            layer.intermediate.forward(
+                &scratch.hidden,
+                tokens,
+                &mut scratch.transposed,
+                &mut scratch.intermediate,
+            );
+            self.activation.apply(&mut scratch.intermediate);
+            layer.output.forward(
+                &scratch.intermediate,
+                tokens,
+                &mut scratch.transposed,
+                &mut scratch.projected,
+            );
+            add_into(&mut scratch.hidden, &scratch.projected);
+            layer.output_norm.apply(&mut scratch.hidden);
+        }
+
+        for (span, embedding) in spans.iter().zip(out.chunks_exact_mut(hidden)) {
+            embedding.fill(0.0);
+            for token in scratch.hidden[span.start * hidden..span.end * hidden].chunks_exact(hidden)
+            {
+                add_into(embedding, token);
+            }
+            let count = span.len().max(1) as f32;
+            embedding.iter_mut().for_each(|v| *v /= count);
+            // The same floor as torch.nn.functional.normalize, which sentence-transformers uses.
+            let norm = embedding
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+                .max(1e-12);
+            embedding.iter_mut().for_each(|v| *v /= norm);
+        }
+        Ok(())
+    }
+
+    /// Multi-head self-attention within each row's span: reads `scratch.qkv`
+    /// (`[tokens, 3 * hidden]`), writes `scratch.context` (`[tokens, hidden]`).
+    fn attend(&self, spans: &[Range<usize>], scratch: &mut Scratch) {
+        let hidden = self.hidden;
+        let head_width = hidden / self.heads;
+        let scale = 1.0 / (head_width as f32).sqrt();
+        let tokens = spans.last().map_or(0, |span| span.end);
+        let qkv = &scratch.qkv;
+        let context = &mut scratch.context;
+        context.clear();
+        context.resize(tokens * hidden, 0.0);
+        let scores = &mut scratch.scores;
+        for span in spans {
+            for head in 0..self.heads {
+                let offset = head * head_width;
+                let slice = |token: usize, part: usize| {
+                    &qkv[token * 3 * hidden + part * hidden + offset..][..head_width]
+                };
+                for query in span.clone() {
+                    let q = slice(query, 0);
+                    scores.clear();
+                    scores.extend(span.clone().map(|key| {
+                        q.iter().zip(slice(key, 1)).map(|(a, b)| a * b).sum::<f32>() * scale
+                    }));
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let out = &mut context[query * hidden + offset..][..head_width];
+                    for (key, &weight) in span.clone().zip(scores.iter()) {
+                        let weight = weight / total;
+                        for (o, v) in out.iter_mut().zip(slice(key, 2)) {
+                            *o += weight * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn add_into(acc: &mut [f32], values: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(values) {
+        *a += v;
+    }
+}
+
+/// A tensor's values as a flat `f32` vector, whatever the file's dtype.
+fn flat(tensor: Tensor) -> candle_core::Result<Vec<f32>> {
+    tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
