@@ -13,6 +13,9 @@
 
 use std::sync::OnceLock;
 
+mod half_rows;
+pub use half_rows::dot_rows_f16;
+
 /// Width of one accumulator: one AVX2 register of `f32`.
 const LANES: usize = 8;
 

@@ -55,6 +55,9 @@ pub struct Pipeline {
     context: Arc<ContextVocabulary>,
     stages: Vec<Box<dyn Stage<Cpu>>>,
     batch: Batch<Cpu>,
+    /// Host bytes of the similarity stage's `f16` scan copy of the items (0 once the stage
+    /// is replaced: a custom stage accounts for itself).
+    scan_copy_bytes: usize,
     /// The GPU path, when the pipeline runs on a CUDA device: the CPU stages after `encode`
     /// then stay as the reference and serve `similar`, the GPU answers requests.
     #[cfg(feature = "cuda")]
@@ -137,15 +140,13 @@ impl Pipeline {
                 "this build has no CUDA support: rebuild with `--features cuda`".into(),
             ));
         }
+        let similarity = Similarity::new(items.clone(), users.clone(), config.similarity_config())?;
+        let scan_copy_bytes = similarity.index_bytes();
         let stages: Vec<Box<dyn Stage<Cpu>>> = vec![
             Box::new(EncoderStage::new(encoder.clone())),
             Box::new(Fusion::new(users.clone(), config.fusion_config())?),
             Box::new(cache),
-            Box::new(Similarity::new(
-                items.clone(),
-                users.clone(),
-                config.similarity_config(),
-            )?),
+            Box::new(similarity),
             Box::new(AttentionRerank::new(
                 items.clone(),
                 users.clone(),
@@ -164,6 +165,7 @@ impl Pipeline {
             cache: cache_handle,
             context,
             stages,
+            scan_copy_bytes,
             #[cfg(feature = "cuda")]
             gpu,
         })
@@ -180,6 +182,9 @@ impl Pipeline {
             .iter()
             .position(|s| *s == name)
             .ok_or_else(|| PipelineError::UnknownStage(name.to_owned()))?;
+        if name == "similarity" {
+            self.scan_copy_bytes = 0;
+        }
         Ok(std::mem::replace(&mut self.stages[slot], stage))
     }
 
@@ -373,7 +378,11 @@ impl Pipeline {
             .map(|u| users.history(u).len())
             .sum();
         let mut components = vec![
-            MemoryComponent::host("items", self.items.as_slice().len() * 4),
+            // The f32 table and the similarity stage's f16 copy for single-query scans.
+            MemoryComponent::host(
+                "items",
+                self.items.as_slice().len() * 4 + self.scan_copy_bytes,
+            ),
             MemoryComponent::host("users", users.len() * dim * 4),
             MemoryComponent::host(
                 "histories",

@@ -17,12 +17,18 @@
 //! Layouts are the GPU path's: item embeddings `[n_items, dim]`, fused queries `[n, dim]`,
 //! the prior `[n, n_items]` and the candidates `[n, candidates]`, all row-major `f32`/`u32`.
 //!
+//! A single query (batch size 1, the latency path) is scanned against a half-precision
+//! copy of the item table and the survivors of an error-bound threshold are rescored in
+//! `f32` (see `half_scan.rs`): half the memory traffic, and the same candidates and scores,
+//! bit for bit, as the full `f32` scan that batches use.
+//!
 //! The pure building blocks are public for the cache, the evaluation and the GPU tests:
 //! [`score_all`] (one query against every item), [`score_batch`] (a batch, row-major),
 //! [`top_k`] and the reusable [`TopK`] selector.
 
 /// The shared inner-product kernel (bit-identical however rows are blocked).
 use hyperrec_dot as kernel;
+mod half_scan;
 mod topk;
 
 use std::sync::Arc;
@@ -92,6 +98,10 @@ pub struct Similarity {
     selectors: Vec<TopK>,
     /// `fused + query_prior` of the batch, when a query prior is present.
     queries: Vec<f32>,
+    /// `f16` copy of the items for single-query scans (`None` when the table holds values
+    /// `f16` cannot carry with relative rounding).
+    half: Option<half_scan::HalfItems>,
+    scan_scratch: half_scan::ScanScratch,
 }
 
 impl Similarity {
@@ -112,6 +122,8 @@ impl Similarity {
             });
         }
         Ok(Similarity {
+            half: half_scan::HalfItems::new(&items),
+            scan_scratch: half_scan::ScanScratch::default(),
             items,
             users,
             config,
@@ -123,6 +135,11 @@ impl Similarity {
 
     pub fn config(&self) -> SimilarityConfig {
         self.config
+    }
+
+    /// Host bytes of the stage's own copy of the items (the `f16` scan table).
+    pub fn index_bytes(&self) -> usize {
+        self.half.as_ref().map_or(0, half_scan::HalfItems::bytes)
     }
 }
 
@@ -245,7 +262,6 @@ impl Stage<Cpu> for Similarity {
             return Ok(());
         }
 
-        self.scores.resize(n * n_items, 0.0);
         let prior = (batch.item_prior.len() == n * n_items).then_some(batch.item_prior.as_slice());
         let queries = if batch.query_prior.len() == n * dim {
             self.queries.clear();
@@ -260,8 +276,6 @@ impl Stage<Cpu> for Similarity {
         } else {
             batch.fused.as_slice()
         };
-        score_tiles(&self.items, queries, n, prior, &mut self.scores);
-
         if self.selectors.len() < n {
             self.selectors.resize_with(n, TopK::new);
         }
@@ -269,23 +283,35 @@ impl Stage<Cpu> for Similarity {
         let exclude_seen = self.config.exclude_seen;
         let exclude_for =
             |q: usize| excluded_items(&users, exclude_seen, &batch.requests[q], &batch.notes[q]);
-        let tiles = &self.scores;
-        batch
-            .candidate_ids
-            .par_chunks_mut(candidates)
-            .zip(batch.candidate_scores.par_chunks_mut(candidates))
-            .zip(self.selectors[..n].par_iter_mut())
-            .enumerate()
-            .for_each(|(q, ((ids, scores), selector))| {
-                let excluded = exclude_for(q);
-                selector.begin(candidates.min(n_items));
-                for (block, tile) in tiles.chunks(ITEM_BLOCK * n).enumerate() {
-                    let width = tile.len() / n;
-                    let row = &tile[q * width..(q + 1) * width];
-                    selector.offer(row, (block * ITEM_BLOCK) as ItemIndex, excluded);
-                }
-                selector.finish_into(ids, scores);
-            });
+
+        let scanned_in_half = match &self.half {
+            Some(half) if n == 1 => half_scan::select_one(
+                &self.items,
+                half,
+                queries,
+                prior,
+                exclude_for(0),
+                &mut self.scan_scratch,
+                &mut self.selectors[0],
+                &mut batch.candidate_ids,
+                &mut batch.candidate_scores,
+            ),
+            _ => false,
+        };
+        if !scanned_in_half {
+            self.scores.resize(n * n_items, 0.0);
+            score_tiles(&self.items, queries, n, prior, &mut self.scores);
+            select_from_tiles(
+                &self.scores,
+                n,
+                n_items,
+                candidates,
+                &exclude_for,
+                &mut self.selectors[..n],
+                &mut batch.candidate_ids,
+                &mut batch.candidate_scores,
+            );
+        }
         for q in 0..n {
             let excluded =
                 excluded_items(&users, exclude_seen, &batch.requests[q], &batch.notes[q]);
@@ -295,6 +321,36 @@ impl Stage<Cpu> for Similarity {
         }
         Ok(())
     }
+}
+
+/// Top-`candidates` of each query from item-block-major score tiles, in parallel over
+/// queries.
+#[allow(clippy::too_many_arguments)]
+fn select_from_tiles<'e>(
+    tiles: &[f32],
+    n: usize,
+    n_items: usize,
+    candidates: usize,
+    exclude_for: &(dyn Fn(usize) -> &'e [ItemIndex] + Sync),
+    selectors: &mut [TopK],
+    candidate_ids: &mut [u32],
+    candidate_scores: &mut [f32],
+) {
+    candidate_ids
+        .par_chunks_mut(candidates)
+        .zip(candidate_scores.par_chunks_mut(candidates))
+        .zip(selectors.par_iter_mut())
+        .enumerate()
+        .for_each(|(q, ((ids, scores), selector))| {
+            let excluded = exclude_for(q);
+            selector.begin(candidates.min(n_items));
+            for (block, tile) in tiles.chunks(ITEM_BLOCK * n).enumerate() {
+                let width = tile.len() / n;
+                let row = &tile[q * width..(q + 1) * width];
+                selector.offer(row, (block * ITEM_BLOCK) as ItemIndex, excluded);
+            }
+            selector.finish_into(ids, scores);
+        });
 }
 
 /// The user's seen items when both the stage and the request ask for exclusion.

@@ -466,3 +466,109 @@ fn stage_rejects_bad_configuration_and_shapes() {
         Err(StageError::BatchShape { .. })
     ));
 }
+
+#[test]
+fn single_query_half_scan_equals_the_f32_scan_bit_for_bit() {
+    let (fx, mut rng) = fixture(3000, 384, 20);
+    let config = SimilarityConfig {
+        candidates: 100,
+        exclude_seen: true,
+    };
+    let mut stage = Similarity::new(fx.items.clone(), fx.users.clone(), config).expect("valid");
+    assert_eq!(stage.index_bytes(), 3000 * 384 * 2, "seed {}", fx.seed);
+    for round in 0..12 {
+        let user = rng.random_range(1..=22);
+        let k = [1, 10, 100, 1000][round % 4];
+        let mut batch = prepared_batch(&fx, &mut rng, vec![request(user, k, true)], round % 3 == 1);
+        if round % 2 == 0 {
+            batch.query_prior = random_unit_rows(&mut rng, 1, 384);
+        }
+        stage.run(&Cpu, &mut batch).expect("runs");
+        let c = batch.candidates;
+        assert_eq!(
+            bits(&stage_candidates(&batch, 0)),
+            bits(&expected_candidates(&fx, &batch, 0, c, true)),
+            "seed {} round {round} user {user} k {k}",
+            fx.seed
+        );
+    }
+}
+
+#[test]
+fn single_query_half_scan_keeps_exact_ties_and_near_ties() {
+    // Few distinct rows, each repeated many times, plus copies nudged below f16 resolution:
+    // scores tie exactly or differ by less than the f16 filter can see.
+    let seed = clock_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dim = 48;
+    let base = random_unit_rows(&mut rng, 7, dim);
+    let mut rows = Vec::with_capacity(700 * dim);
+    for i in 0..700 {
+        let mut row = base[(i % 7) * dim..(i % 7 + 1) * dim].to_vec();
+        if i % 3 == 0 {
+            let c = rng.random_range(0..dim);
+            row[c] += rng.random_range(-1e-6f32..1e-6);
+        }
+        rows.extend(row);
+    }
+    let items = Arc::new(ItemEmbeddings::new(dim, rows).expect("shape"));
+    let users = Arc::new(RwLock::new(UserTable::build(
+        vec![(
+            UserId(1),
+            (0..40)
+                .map(|t| HistoryEntry {
+                    item: rng.random_range(0..700),
+                    rating: 4.0,
+                    timestamp: t,
+                })
+                .collect(),
+        )],
+        &items,
+        ProfileRule::default(),
+    )));
+    let fx = Fixture {
+        items: items.clone(),
+        users: users.clone(),
+        seed,
+    };
+    let mut stage = Similarity::new(items, users, SimilarityConfig::default()).expect("valid");
+    for k in [5, 100, 250] {
+        let mut batch = prepared_batch(&fx, &mut rng, vec![request(1, k, true)], false);
+        stage.run(&Cpu, &mut batch).expect("runs");
+        let c = batch.candidates;
+        assert_eq!(
+            bits(&stage_candidates(&batch, 0)),
+            bits(&expected_candidates(&fx, &batch, 0, c, true)),
+            "seed {seed} k {k}"
+        );
+    }
+}
+
+#[test]
+fn tables_f16_cannot_carry_are_scanned_in_f32() {
+    let seed = clock_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dim = 16;
+    let mut rows = random_unit_rows(&mut rng, 200, dim);
+    rows[5 * dim] = 1e6;
+    let items = Arc::new(ItemEmbeddings::new(dim, rows).expect("shape"));
+    let users = Arc::new(RwLock::new(UserTable::build(
+        Vec::new(),
+        &items,
+        ProfileRule::default(),
+    )));
+    let fx = Fixture {
+        items: items.clone(),
+        users: users.clone(),
+        seed,
+    };
+    let mut stage = Similarity::new(items, users, SimilarityConfig::default()).expect("valid");
+    assert_eq!(stage.index_bytes(), 0);
+    let mut batch = prepared_batch(&fx, &mut rng, vec![request(9, 10, true)], false);
+    stage.run(&Cpu, &mut batch).expect("runs");
+    assert_eq!(
+        bits(&stage_candidates(&batch, 0)),
+        bits(&expected_candidates(&fx, &batch, 0, batch.candidates, true)),
+        "seed {seed}"
+    );
+}
