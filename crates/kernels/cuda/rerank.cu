@@ -55,8 +55,13 @@ struct RerankParams {
     float* attributions;
 };
 
-// Grid (n, ceil(reranked / CHUNK)), WARPS * 32 threads. Dynamic shared memory:
-// rerank_shared_bytes(head_dim) on the Rust side.
+// Grid (n, ceil(reranked / CHUNK), parts), WARPS * 32 threads. Dynamic shared memory:
+// rerank_shared_bytes(head_dim) on the Rust side. With parts == 1 a block runs every head
+// and writes the final scores and attributions; with parts == heads (small batches, where
+// the heads' serial work bounds the latency) block z runs head z only and writes its share
+// into part z of the outputs ([parts, n, reranked] and [parts, n, reranked, slots]): part 0
+// carries w_retrieval * r + bias + w_attention * (head 0's term), part z > 0 w_attention *
+// (head z's term); rerank_select sums the parts in a fixed order.
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 rerank_attend(const RerankParams p) {
     extern __shared__ __align__(32) unsigned char smem[];
@@ -106,7 +111,9 @@ rerank_attend(const RerankParams p) {
     const float ctx_mass = n_ctx > 0 ? (n_hist > 0 ? p.context_share : 1.0f) : 0.0f;
     const float inv_sqrt_hd = rsqrtf((float)hd);
 
-    for (unsigned h = 0; h < p.heads && n_src > 0; ++h) {
+    const unsigned parts = gridDim.z, part = blockIdx.z;
+    const unsigned h_begin = parts > 1 ? part : 0u, h_end = parts > 1 ? part + 1 : p.heads;
+    for (unsigned h = h_begin; h < h_end && n_src > 0; ++h) {
         const unsigned col0 = h * hd;
         // Sources and candidates of this head, 16 bytes (8 columns) per load. Every
         // thread issues all of its loads (at most LOADS of each kind) before converting
@@ -272,12 +279,17 @@ rerank_attend(const RerankParams p) {
         const unsigned at = first + c;
         if (at >= p.reranked) break;
         const unsigned item = cand[c];
-        const size_t out = (size_t)q * p.reranked + at;
+        const size_t out = ((size_t)part * gridDim.x + q) * p.reranked + at;
         if (lane == 0) {
-            float score = -INFINITY;
+            float score = part == 0 ? -INFINITY : 0.0f;
             if (item != NO_ITEM) {
-                const float r = p.cand_scores[(size_t)q * p.cand_stride + at];
-                score = n_src == 0 ? r : p.w_retrieval * r + p.w_attention * attention[c] + p.bias;
+                if (part == 0) {
+                    const float r = p.cand_scores[(size_t)q * p.cand_stride + at];
+                    score = n_src == 0 ? r
+                                       : p.w_retrieval * r + p.w_attention * attention[c] + p.bias;
+                } else {
+                    score = n_src == 0 ? 0.0f : p.w_attention * attention[c];
+                }
             }
             p.final_scores[out] = score;
         }
@@ -295,42 +307,61 @@ __device__ __forceinline__ unsigned float_key(float f) {
 
 // One block (1024 threads) per query: the `results` best of the `reranked` final scores,
 // ties by the smaller item id, with retrieval scores and attribution rows. Sort keys pack
-// (score key, 22-bit inverted item id, 10-bit candidate position).
+// (score key, 22-bit inverted item id, 10-bit candidate position). Final scores and
+// attributions come in `parts` parts (see rerank_attend), summed here in part order.
 extern "C" __global__ void __launch_bounds__(1024)
 rerank_select(const float* __restrict__ final_scores, const float* __restrict__ attributions,
               const unsigned* __restrict__ cand_ids, const float* __restrict__ cand_scores,
               unsigned cand_stride, unsigned reranked, unsigned slots, unsigned results,
               unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
-              float* __restrict__ out_retrieval, float* __restrict__ out_attributions) {
+              float* __restrict__ out_retrieval, float* __restrict__ out_attributions,
+              unsigned parts) {
     __shared__ unsigned long long keys[1024];
     const unsigned q = blockIdx.x, t = threadIdx.x;
+    const size_t score_part = (size_t)gridDim.x * reranked;
+    const size_t attr_part = score_part * slots;
+    // Sum of the parts of final score i (part 0 first: one part reads back unchanged).
+    auto final_score = [&](unsigned i) {
+        const size_t at = (size_t)q * reranked + i;
+        float score = final_scores[at];
+        for (unsigned z = 1; z < parts; ++z) score += final_scores[z * score_part + at];
+        return score;
+    };
     unsigned padded = 1;
     while (padded < reranked) padded <<= 1;
     for (unsigned i = t; i < padded; i += blockDim.x) {
         unsigned long long key = 0;
         if (i < reranked) {
             const unsigned item = cand_ids[(size_t)q * cand_stride + i];
-            const float score = final_scores[(size_t)q * reranked + i];
+            const float score = final_score(i);
             if (item != NO_ITEM && score != -INFINITY)
                 key = ((unsigned long long)float_key(score) << 32) |
                       ((unsigned long long)(0x3fffffu - (item & 0x3fffffu)) << 10) | i;
         }
         keys[i] = key;
     }
+    // Bitonic sort, descending, one key per thread (padded <= 1024 = the block): stages of
+    // stride < 32 exchange by warp shuffles, only the others through `keys` with barriers.
+    __syncthreads();
+    unsigned long long v = t < padded ? keys[t] : 0ull;
     for (unsigned size = 2; size <= padded; size <<= 1) {
         for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
-            __syncthreads();
-            for (unsigned i = t; i < (padded >> 1); i += blockDim.x) {
-                const unsigned lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
-                const bool descending = (lo & size) == 0;
-                const unsigned long long a = keys[lo], b = keys[hi];
-                if ((a < b) == descending) {
-                    keys[lo] = b;
-                    keys[hi] = a;
-                }
+            unsigned long long other;
+            if (stride >= 32) {
+                __syncthreads();  // every read of the previous exchange is done
+                if (t < padded) keys[t] = v;
+                __syncthreads();
+                other = t < padded ? keys[t ^ stride] : 0ull;
+            } else {
+                other = __shfl_xor_sync(0xffffffffu, v, stride);
             }
+            // In a descending run the lower position keeps the larger key.
+            const bool descending = (t & size) == 0, lower = (t & stride) == 0;
+            v = (lower == descending) ? (v > other ? v : other) : (v < other ? v : other);
         }
     }
+    __syncthreads();
+    if (t < padded) keys[t] = v;
     __syncthreads();
     for (unsigned i = t; i < results; i += blockDim.x) {
         const unsigned long long key = i < padded ? keys[i] : 0ull;
@@ -342,15 +373,19 @@ rerank_select(const float* __restrict__ final_scores, const float* __restrict__ 
         } else {
             const unsigned at = (unsigned)(key & 1023u);
             out_ids[out] = cand_ids[(size_t)q * cand_stride + at];
-            out_scores[out] = final_scores[(size_t)q * reranked + at];
+            out_scores[out] = final_score(at);
             out_retrieval[out] = cand_scores[(size_t)q * cand_stride + at];
         }
     }
     for (unsigned i = t; i < results * slots; i += blockDim.x) {
         const unsigned r = i / slots, s = i % slots;
         const unsigned long long key = r < padded ? keys[r] : 0ull;
-        out_attributions[((size_t)q * results + r) * slots + s] =
-            key == 0 ? 0.0f
-                     : attributions[((size_t)q * reranked + (unsigned)(key & 1023u)) * slots + s];
+        float value = 0.0f;
+        if (key != 0) {
+            const size_t at = ((size_t)q * reranked + (unsigned)(key & 1023u)) * slots + s;
+            value = attributions[at];
+            for (unsigned z = 1; z < parts; ++z) value += attributions[z * attr_part + at];
+        }
+        out_attributions[((size_t)q * results + r) * slots + s] = value;
     }
 }

@@ -1,5 +1,6 @@
 // Per-query top-K selection over fp16 score rows: radix select on the score bits, then a
 // small sort of the survivors. No full sort of the score vector.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #define THREADS 1024
@@ -256,11 +257,12 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
 }
 
 // ---------------------------------------------------------------------------------------
-// Threshold-filter top-K: one 256-thread block per row, several blocks per SM, no copy of
-// the row in shared memory.
+// Threshold-filter top-K: one block per row, no copy of the row in shared memory. Two
+// widths: topk_filter (256 threads, several blocks per SM) for many rows, topk_filter_wide
+// (1024 threads) for a few rows, where one block's latency is the whole kernel.
 //
-//   1. A sample of the row (256 vectors of 8 scores spread evenly over it) gives a
-//      threshold: the r-th best sampled key, r chosen so that, for a row whose order is
+//   1. A sample of the row (one vector of 8 scores per thread, spread evenly over it) gives
+//      a threshold: the r-th best sampled key, r chosen so that, for a row whose order is
 //      unrelated to the item index, at least k of the row's scores clear it with
 //      overwhelming probability while only a few times k do (see `sample_rank`).
 //   2. One coalesced pass over the row compares eight fp16 scores at a time against the
@@ -272,12 +274,22 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
 //      that re-reads the row from global memory (histogram of the high 12 key bits, then of
 //      the low 4 bits in the chosen bin, then a compaction in which ties at the threshold
 //      take the smallest indices).
-//   4. A bitonic sort of the candidates (packed key and inverted index: larger is better,
-//      equal keys by smaller index) gives the output order.
+//   4. A histogram of the candidates' keys (fp16 keys of the candidates span few values)
+//      finds the k-th best key; the candidates at or above it, k plus its ties, go to a
+//      second buffer, and a bitonic sort of those (packed key and inverted index: larger is
+//      better, equal keys by smaller index) gives the output order. Where the keys spread
+//      too far or the ties are too many, all candidates are sorted instead.
 // ---------------------------------------------------------------------------------------
 
-#define FT 256          // threads per block of topk_filter
 #define FILTER_LOADS 8  // 16-byte loads in flight per thread in the filter pass
+// Phase marks of topk_filter_row (nothing in the product build): a measurement harness may
+// define TOPK_PHASE(i) to record clock64() per phase (called by every thread right after a
+// barrier).
+#ifndef TOPK_PHASE
+#define TOPK_PHASE(i)
+#endif
+#define TOP_CAP 1024    // candidates at or above the k-th best key that the second buffer holds
+#define KEY_BINS 256    // bins of the candidates' key histogram (offsets from the threshold)
 
 // The threshold's rank in a sample of `sample` scores for a row of `n` and a selection of k:
 // the expected number of sampled scores among the row's top k is lam = k * sample / n; the
@@ -302,6 +314,48 @@ __device__ __forceinline__ unsigned eligible_key(unsigned short bits, unsigned j
     return order_key(bits);
 }
 
+// A slot for each calling thread in a buffer filled through `counter`: one shared atomic per
+// group of threads that arrive together (a warp's lanes with a hit), not one per thread.
+__device__ __forceinline__ unsigned append_slot(unsigned* counter) {
+    const cooperative_groups::coalesced_group group = cooperative_groups::coalesced_threads();
+    unsigned base = 0;
+    if (group.thread_rank() == 0) base = atomicAdd(counter, group.size());
+    return group.shfl(base, 0) + group.thread_rank();
+}
+
+// Bitonic sort of `padded` <= NT (a power of two) packed candidates, descending, one per
+// thread: the stages of stride < 32 exchange by warp shuffles, only the others go through
+// `values` with barriers (6 of the 36 stages for 256 values). Writes the sorted values
+// back; starts and ends with a barrier.
+template <unsigned NT>
+__device__ void sort_descending_held(unsigned long long* values, unsigned padded) {
+    const unsigned i = threadIdx.x;
+    // Warps past the values only take part in the barriers (a 1024-thread block sorting
+    // 256 values would otherwise issue four times the shuffles).
+    const bool holding = (i & ~31u) < padded;
+    __syncthreads();
+    unsigned long long v = i < padded ? values[i] : 0ull;
+    for (unsigned size = 2; size <= padded; size <<= 1) {
+        for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+            unsigned long long other = 0;
+            if (stride >= 32) {
+                __syncthreads();  // every read of the previous exchange is done
+                if (i < padded) values[i] = v;
+                __syncthreads();
+                other = i < padded ? values[i ^ stride] : 0ull;
+            } else if (holding) {
+                other = __shfl_xor_sync(0xffffffffu, v, stride);
+            }
+            // In a descending run the lower position keeps the larger value.
+            const bool descending = (i & size) == 0, lower = (i & stride) == 0;
+            v = (lower == descending) ? (v > other ? v : other) : (v < other ? v : other);
+        }
+    }
+    __syncthreads();
+    if (i < padded) values[i] = v;
+    __syncthreads();
+}
+
 // Bitonic sort of `padded` (a power of two) packed candidates, descending. Starts and ends
 // with a barrier.
 template <unsigned NT>
@@ -323,28 +377,33 @@ __device__ void sort_descending(unsigned long long* values, unsigned padded) {
     __syncthreads();
 }
 
-// One block of FT threads per query row.
+// One block of NT threads per query row.
 //   scores, ld, n_items, exclude_user, seen_*, k, out_ids, out_scores: as topk_rows (no
 //                 prior: rows with a prior go to topk_rows).
 //   capacity:     candidate buffer entries, a power of two >= 2048 (the 4096-bin histogram of
 //                 the sample and of the fallback lives in the same memory).
 //   exact_only:   nonzero skips the sample and filter (the fallback on every row; tests).
 // Dynamic shared memory: topk_filter_shared_bytes(n_items, k) (see the Rust side):
-// candidates, scratch, then the seen-item bitmap.
-extern "C" __global__ void __launch_bounds__(FT, 4)
-topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
-            const unsigned* __restrict__ exclude_user,
-            const unsigned* __restrict__ seen_offsets, const unsigned* __restrict__ seen_lens,
-            const unsigned* __restrict__ seen_items, unsigned k, unsigned capacity,
-            unsigned exact_only, unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    unsigned long long* cand = reinterpret_cast<unsigned long long*>(smem);  // [capacity]
-    unsigned* hist = reinterpret_cast<unsigned*>(smem);                      // [BINS], aliases cand
-    unsigned* scratch = reinterpret_cast<unsigned*>(cand + capacity);         // [32]
+// candidates, the second buffer, scratch and histograms, then the seen-item bitmap.
+template <unsigned NT>
+__device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
+                                const unsigned* __restrict__ exclude_user,
+                                const unsigned* __restrict__ seen_offsets,
+                                const unsigned* __restrict__ seen_lens,
+                                const unsigned* __restrict__ seen_items, unsigned k,
+                                unsigned capacity, unsigned exact_only,
+                                unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
+    extern __shared__ __align__(16) unsigned char filter_smem[];
+    unsigned long long* cand = reinterpret_cast<unsigned long long*>(filter_smem);  // [capacity]
+    unsigned* hist = reinterpret_cast<unsigned*>(filter_smem);  // [BINS], aliases cand
+    unsigned long long* top = cand + capacity;                                // [TOP_CAP]
+    unsigned* scratch = reinterpret_cast<unsigned*>(top + TOP_CAP);           // [32]
     unsigned* misc = scratch + 32;                                            // [16]
     unsigned* low_hist = misc + 16;                                           // [16]
-    unsigned* seen = low_hist + 16;                                           // [(n_items + 31) / 32]
+    unsigned* key_hist = low_hist + 16;                                       // [KEY_BINS]
+    unsigned* seen = key_hist + KEY_BINS;                                     // [(n_items + 31) / 32]
 
+    TOPK_PHASE(0);
     const unsigned q = blockIdx.x, t = threadIdx.x;
     const unsigned nvec = (n_items + 7) >> 3;
     const uint4* row = reinterpret_cast<const uint4*>(scores + (size_t)q * ld);
@@ -353,8 +412,9 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
     const unsigned user = exclude_user ? exclude_user[q] : NO_USER;
     const bool has_seen = user != NO_USER;
     if (has_seen)
-        for (unsigned i = t; i < ((n_items + 31) >> 5); i += FT) seen[i] = 0;
-    for (unsigned i = t; i < BINS; i += FT) hist[i] = 0;
+        for (unsigned i = t; i < ((n_items + 31) >> 5); i += NT) seen[i] = 0;
+    for (unsigned i = t; i < BINS; i += NT) hist[i] = 0;
+    for (unsigned i = t; i < KEY_BINS; i += NT) key_hist[i] = 0;
     if (t < 16) {
         misc[t] = 0;
         low_hist[t] = 0;
@@ -362,22 +422,24 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
     __syncthreads();
     if (has_seen) {
         const unsigned begin = seen_offsets[user], len = seen_lens[user];
-        for (unsigned i = t; i < len; i += FT) {
+        for (unsigned i = t; i < len; i += NT) {
             const unsigned item = seen_items[begin + i];
             if (item < n_items) atomicOr(&seen[item >> 5], 1u << (item & 31));
         }
     }
     __syncthreads();
 
-    unsigned count = 0;  // candidates in cand[0 .. count)
+    TOPK_PHASE(1);
+    unsigned count = 0;      // candidates in cand[0 .. count)
+    unsigned threshold = 0;  // 0: no usable threshold, every eligible score is a candidate
     bool exact = exact_only != 0;
     if (!exact) {
         // 1. Sample: one vector per thread, spread over the row (the whole row if short).
-        const unsigned sampled = min(nvec, (unsigned)FT);
+        const unsigned sampled = min(nvec, NT);
         const bool sampler = t < sampled;
         unsigned short sample_keys[8];
         {
-            const unsigned v = nvec <= FT ? t : (unsigned)(((unsigned long long)t * nvec) / FT);
+            const unsigned v = nvec <= NT ? t : (unsigned)(((unsigned long long)t * nvec) / NT);
             uint4 raw = make_uint4(0, 0, 0, 0);
             if (sampler) raw = row[v];
             const unsigned short* h = reinterpret_cast<const unsigned short*>(&raw);
@@ -394,9 +456,8 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
         __syncthreads();
         const unsigned sample = sampled * 8;
         const unsigned rank = sample_rank(k, sample, n_items);
-        unsigned threshold = 0;  // 0: no usable threshold, keep every eligible score
         if (rank <= sample) {
-            find_bin<FT>(hist, BINS, rank, scratch, misc);
+            find_bin<NT>(hist, BINS, rank, scratch, misc);
             const unsigned high = misc[0], above = misc[1];
             if (high != 0) {  // bin 0 holds only excluded keys
                 if (sampler) {
@@ -405,48 +466,81 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
                         if ((sample_keys[e] >> 4) == high) atomicAdd(&low_hist[sample_keys[e] & 0xfu], 1u);
                 }
                 __syncthreads();
-                find_bin<FT>(low_hist, 16, rank - above, scratch, misc + 2);
+                find_bin<NT>(low_hist, 16, rank - above, scratch, misc + 2);
                 threshold = (high << 4) | misc[2];
             }
         }
         __syncthreads();  // the histogram's memory becomes the candidate buffer
+        TOPK_PHASE(2);
 
-        // 2. Filter pass.
+        // 2. Filter pass. Per round of FILTER_LOADS vectors a thread first marks its passing,
+        // eligible elements in 8-bit masks (the per-element checks run only for set bits),
+        // then its warp reserves room for all of them with one shared atomic (a shuffle
+        // scan of the per-lane counts), then the lanes write their candidates. One atomic
+        // round trip per warp and round instead of one per hit: the appends' dependent
+        // atomics, not the loads, bounded this pass (clock64 phases: 21.5K of 36K cycles).
         const unsigned short threshold_bits = threshold ? key_bits(threshold) : (unsigned short)0xfc00u;
         const __half2 bound = __half2half2(__ushort_as_half(threshold_bits));
-        for (unsigned base = 0; base < nvec; base += FILTER_LOADS * FT) {
+        const unsigned lane = t & 31;
+        for (unsigned base = 0; base < nvec; base += FILTER_LOADS * NT) {
             uint4 raw[FILTER_LOADS];
 #pragma unroll
             for (unsigned u = 0; u < FILTER_LOADS; ++u) {
-                const unsigned v = base + u * FT + t;
+                const unsigned v = base + u * NT + t;
                 raw[u] = v < nvec ? row[v] : make_uint4(0, 0, 0, 0);
             }
+            unsigned masks[FILTER_LOADS];
+            unsigned mine = 0;
 #pragma unroll
             for (unsigned u = 0; u < FILTER_LOADS; ++u) {
-                const unsigned v = base + u * FT + t;
+                const unsigned v = base + u * NT + t;
+                masks[u] = 0;
                 if (v >= nvec) continue;
-                unsigned pass[4];
-                pass[0] = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].x), bound);
-                pass[1] = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].y), bound);
-                pass[2] = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].z), bound);
-                pass[3] = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].w), bound);
-                if ((pass[0] | pass[1] | pass[2] | pass[3]) == 0u) continue;
-                const unsigned words[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
+                const unsigned p0 = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].x), bound);
+                const unsigned p1 = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].y), bound);
+                const unsigned p2 = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].z), bound);
+                const unsigned p3 = __hge2_mask(*reinterpret_cast<const __half2*>(&raw[u].w), bound);
+                if ((p0 | p1 | p2 | p3) == 0u) continue;
+                // Bit e: element e passed (mask halves are 0 or 0xffff) and is eligible.
+                unsigned hits = (p0 & 1u) | ((p0 >> 15) & 2u) | ((p1 & 1u) << 2) | ((p1 >> 13) & 8u) |
+                                ((p2 & 1u) << 4) | ((p2 >> 11) & 32u) | ((p3 & 1u) << 6) |
+                                ((p3 >> 9) & 128u);
+                for (unsigned rest = hits; rest != 0; rest &= rest - 1) {
+                    const unsigned e = __ffs(rest) - 1, j = v * 8 + e;
+                    if (j >= n_items || (has_seen && ((seen[j >> 5] >> (j & 31)) & 1u)))
+                        hits &= ~(1u << e);
+                }
+                masks[u] = hits;
+                mine += __popc(hits);
+            }
+            if (__any_sync(0xffffffffu, mine != 0)) {
+                unsigned through = mine;  // inclusive scan of the lanes' counts
 #pragma unroll
-                for (unsigned e = 0; e < 8; ++e) {
-                    const unsigned shift = (e & 1) * 16;
-                    if (!((pass[e >> 1] >> shift) & 1u)) continue;
-                    const unsigned j = v * 8 + e;
-                    const unsigned key = eligible_key((unsigned short)(words[e >> 1] >> shift), j,
-                                                      n_items, seen, has_seen);
-                    if (key == 0) continue;
-                    const unsigned slot = atomicAdd(&misc[4], 1u);
-                    if (slot < capacity) cand[slot] = pack(key, j);
+                for (unsigned offset = 1; offset < 32; offset <<= 1) {
+                    const unsigned other = __shfl_up_sync(0xffffffffu, through, offset);
+                    if (lane >= offset) through += other;
+                }
+                const unsigned total = __shfl_sync(0xffffffffu, through, 31);
+                unsigned first = 0;
+                if (lane == 0) first = atomicAdd(&misc[4], total);
+                unsigned slot = __shfl_sync(0xffffffffu, first, 0) + through - mine;
+#pragma unroll
+                for (unsigned u = 0; u < FILTER_LOADS; ++u) {
+                    const unsigned v = base + u * NT + t;
+                    for (unsigned rest = masks[u]; rest != 0; rest &= rest - 1) {
+                        const unsigned e = __ffs(rest) - 1;
+                        const unsigned word =
+                            e < 2 ? raw[u].x : e < 4 ? raw[u].y : e < 6 ? raw[u].z : raw[u].w;
+                        const unsigned short bits = (unsigned short)(word >> ((e & 1) * 16));
+                        if (slot < capacity) cand[slot] = pack(order_key(bits), v * 8 + e);
+                        ++slot;
+                    }
                 }
             }
         }
         __syncthreads();
         count = misc[4];
+        TOPK_PHASE(3);
         // With no threshold every eligible score passed: the candidates are the whole row.
         if (count > capacity || (count < k && threshold != 0)) exact = true;
         __syncthreads();  // everyone has read misc[4] and is done with cand
@@ -454,11 +548,11 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
 
     // 3. Exact fallback: radix select over the row re-read from global memory.
     if (exact) {
-        for (unsigned i = t; i < BINS; i += FT) hist[i] = 0;
+        for (unsigned i = t; i < BINS; i += NT) hist[i] = 0;
         if (t < 16) low_hist[t] = 0;
         if (t == 0) misc[5] = 0;
         __syncthreads();
-        for (unsigned v = t; v < nvec; v += FT) {
+        for (unsigned v = t; v < nvec; v += NT) {
             const uint4 raw = row[v];
             const unsigned short* h = reinterpret_cast<const unsigned short*>(&raw);
 #pragma unroll
@@ -471,9 +565,9 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
         if (k_eff == 0) {
             count = 0;
         } else {
-            find_bin<FT>(hist, BINS, k_eff, scratch, misc);
+            find_bin<NT>(hist, BINS, k_eff, scratch, misc);
             const unsigned high = misc[0], above_high = misc[1];
-            for (unsigned v = t; v < nvec; v += FT) {
+            for (unsigned v = t; v < nvec; v += NT) {
                 const uint4 raw = row[v];
                 const unsigned short* h = reinterpret_cast<const unsigned short*>(&raw);
 #pragma unroll
@@ -483,15 +577,15 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
                 }
             }
             __syncthreads();
-            find_bin<FT>(low_hist, 16, k_eff - above_high, scratch, misc + 2);
-            const unsigned threshold = (high << 4) | misc[2];
-            const unsigned better = above_high + misc[3];  // keys strictly above the threshold
+            find_bin<NT>(low_hist, 16, k_eff - above_high, scratch, misc + 2);
+            const unsigned cut = (high << 4) | misc[2];
+            const unsigned better = above_high + misc[3];  // keys strictly above the cut
             const unsigned ties_needed = k_eff - better;
-            // Keys above the threshold go anywhere (sorted below); ties take the smallest
-            // indices: each thread owns a contiguous run of the row, and a scan of the
-            // per-thread tie counts orders the runs. The histogram is no longer read
-            // (find_bin ended with a barrier), so candidates may overwrite it.
-            const unsigned run = (nvec + FT - 1) / FT;
+            // Keys above the cut go anywhere (sorted below); ties take the smallest indices:
+            // each thread owns a contiguous run of the row, and a scan of the per-thread tie
+            // counts orders the runs. The histogram is no longer read (find_bin ended with a
+            // barrier), so candidates may overwrite it.
+            const unsigned run = (nvec + NT - 1) / NT;
             const unsigned run_begin = min(t * run, nvec), run_end = min(run_begin + run, nvec);
             unsigned ties = 0;
             for (unsigned v = run_begin; v < run_end; ++v) {
@@ -501,11 +595,11 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
                 for (unsigned e = 0; e < 8; ++e) {
                     const unsigned j = v * 8 + e;
                     const unsigned key = eligible_key(h[e], j, n_items, seen, has_seen);
-                    if (key > threshold) cand[atomicAdd(&misc[5], 1u)] = pack(key, j);
-                    ties += key == threshold;
+                    if (key > cut) cand[atomicAdd(&misc[5], 1u)] = pack(key, j);
+                    ties += key == cut;
                 }
             }
-            const unsigned tie_rank_end = block_inclusive_scan<FT>(ties, scratch);
+            const unsigned tie_rank_end = block_inclusive_scan<NT>(ties, scratch);
             unsigned tie_rank = tie_rank_end - ties;
             for (unsigned v = run_begin; v < run_end && tie_rank < ties_needed; ++v) {
                 const uint4 raw = row[v];
@@ -514,7 +608,7 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
                 for (unsigned e = 0; e < 8; ++e) {
                     const unsigned j = v * 8 + e;
                     const unsigned key = eligible_key(h[e], j, n_items, seen, has_seen);
-                    if (key == threshold) {
+                    if (key == cut) {
                         if (tie_rank < ties_needed) cand[better + tie_rank] = pack(key, j);
                         ++tie_rank;
                     }
@@ -524,23 +618,73 @@ topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
         }
     }
 
-    // 4. Sort the candidates and write the best k.
+    // 4. The candidates at or above the k-th best key into `top` when that leaves fewer to
+    // sort: a histogram of key offsets from the threshold (the top bin collects every
+    // larger offset) finds the k-th best key's bin.
+    unsigned long long* sorted = cand;
+    unsigned sort_count = count;
+    if (!exact && threshold != 0 && k > 0 && count > k && count > 256) {
+        for (unsigned i = t; i < count; i += NT) {
+            const unsigned offset = (unsigned)(cand[i] >> 32) - threshold;
+            atomicAdd(&key_hist[min(offset, (unsigned)KEY_BINS - 1)], 1u);
+        }
+        __syncthreads();
+        find_bin<NT>(key_hist, KEY_BINS, k, scratch, misc + 6);
+        const unsigned bin = misc[6], kept = misc[7] + key_hist[misc[6]];
+        if (bin < KEY_BINS - 1 && kept <= TOP_CAP) {
+            const unsigned kth_key = threshold + bin;
+            for (unsigned i = t; i < count; i += NT) {
+                const unsigned long long packed = cand[i];
+                if ((unsigned)(packed >> 32) >= kth_key) top[append_slot(&misc[8])] = packed;
+            }
+            sorted = top;
+            sort_count = kept;
+        }
+    }
+
+    TOPK_PHASE(4);
+    // 5. Sort and write the best k.
     const unsigned k_eff = min(k, count);
     unsigned padded = 1;
-    while (padded < count) padded <<= 1;
+    while (padded < sort_count) padded <<= 1;
     __syncthreads();
-    for (unsigned i = count + t; i < padded; i += FT) cand[i] = 0;
-    if (count > 1) sort_descending<FT>(cand, padded);
-    else __syncthreads();
-    for (unsigned i = t; i < k; i += FT) {
+    for (unsigned i = sort_count + t; i < padded; i += NT) sorted[i] = 0;
+    if (sort_count <= 1) __syncthreads();
+    else if (padded <= NT) sort_descending_held<NT>(sorted, padded);
+    else sort_descending<NT>(sorted, padded);
+    TOPK_PHASE(5);
+    for (unsigned i = t; i < k; i += NT) {
         unsigned id = NO_ITEM;
         float score = -INFINITY;
         if (i < k_eff) {
-            const unsigned long long packed = cand[i];
+            const unsigned long long packed = sorted[i];
             id = NO_ITEM - (unsigned)(packed & 0xffffffffull);
             score = key_score((unsigned)(packed >> 32));
         }
         out_ids[(size_t)q * k + i] = id;
         out_scores[(size_t)q * k + i] = score;
     }
+    TOPK_PHASE(6);
+}
+
+// Many rows: 256 threads, several blocks per SM.
+extern "C" __global__ void __launch_bounds__(256, 4)
+topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
+            const unsigned* __restrict__ exclude_user,
+            const unsigned* __restrict__ seen_offsets, const unsigned* __restrict__ seen_lens,
+            const unsigned* __restrict__ seen_items, unsigned k, unsigned capacity,
+            unsigned exact_only, unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
+    topk_filter_row<256>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens, seen_items, k,
+                         capacity, exact_only, out_ids, out_scores);
+}
+
+// A few rows: 1024 threads, one pass of loads in flight covers a 64K-item row.
+extern "C" __global__ void __launch_bounds__(1024, 1)
+topk_filter_wide(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
+                 const unsigned* __restrict__ exclude_user,
+                 const unsigned* __restrict__ seen_offsets, const unsigned* __restrict__ seen_lens,
+                 const unsigned* __restrict__ seen_items, unsigned k, unsigned capacity,
+                 unsigned exact_only, unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
+    topk_filter_row<1024>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens, seen_items, k,
+                          capacity, exact_only, out_ids, out_scores);
 }

@@ -53,7 +53,8 @@ use hyperrec_stage::{Batch, Event, ItemId, ItemIndex, Stage, StageError};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity::{
-    MAX_CANDIDATES, TopKStrategy, enqueue_scores, enqueue_top_k, score_ld, topk_shared_bytes,
+    MAX_CANDIDATES, TopKStrategy, enqueue_scores, enqueue_top_k, filter_capacity, score_ld,
+    topk_filter_shared_bytes, topk_shared_bytes,
 };
 use crate::{CudaError, MemoryReport, NO_ITEM, SharedTables};
 
@@ -721,8 +722,9 @@ impl CudaCache {
                 &mut params,
             )?;
         }
-        let shared = topk_shared_bytes(n_items);
-        let (null, k_u) = (0u64, m as u32);
+        // The neighbours: the threshold-filter top-K (256-thread blocks, several per SM).
+        let shared = topk_filter_shared_bytes(n_items, m);
+        let (null, k_u, capacity, exact_only) = (0u64, m as u32, filter_capacity(m) as u32, 0u32);
         let (ids_out, scores_out) = (
             table.neighbour_ids.ptr_at(first * m),
             table.neighbour_scores.ptr_at(first * m),
@@ -735,19 +737,20 @@ impl CudaCache {
             arg(&null),
             arg(&null),
             arg(&null),
-            arg(&null),
             arg(&k_u),
+            arg(&capacity),
+            arg(&exact_only),
             arg(&ids_out),
             arg(&scores_out),
         ];
-        // SAFETY: parameters match `topk_rows` (no prior, no exclusion); outputs have room
-        // for rows x m from first.
+        // SAFETY: parameters match `topk_filter` (no exclusion); outputs have room for
+        // rows x m from first.
         unsafe {
             cuda.launch_on(
                 &self.side,
-                &cuda.kernels.topk_rows,
+                &cuda.kernels.topk_filter,
                 (rows as u32, 1, 1),
-                (1024, 1, 1),
+                (256, 1, 1),
                 shared as u32,
                 &mut params,
             )

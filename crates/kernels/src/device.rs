@@ -85,8 +85,10 @@ pub(crate) struct Kernels {
     pub f32_to_f16: CudaFunction,
     pub random_unit_rows: CudaFunction,
     pub item_scores_small: CudaFunction,
+    pub item_scores_one: CudaFunction,
     pub topk_rows: CudaFunction,
     pub topk_filter: CudaFunction,
+    pub topk_filter_wide: CudaFunction,
     pub rerank_attend: CudaFunction,
     pub rerank_select: CudaFunction,
     pub gather_rows: CudaFunction,
@@ -210,8 +212,10 @@ impl Kernels {
             f32_to_f16: function("fusion", "f32_to_f16")?,
             random_unit_rows: function("fusion", "random_unit_rows")?,
             item_scores_small: function("scores", "item_scores_small")?,
+            item_scores_one: function("scores", "item_scores_one")?,
             topk_rows: function("topk", "topk_rows")?,
             topk_filter: function("topk", "topk_filter")?,
+            topk_filter_wide: function("topk", "topk_filter_wide")?,
             rerank_attend: function("rerank", "rerank_attend")?,
             rerank_select: function("rerank", "rerank_select")?,
             gather_rows: function("cache", "gather_rows")?,
@@ -226,6 +230,7 @@ impl Kernels {
         for (kernel, bytes) in [
             (&kernels.topk_rows, TOPK_MAX_SHARED_BYTES),
             (&kernels.topk_filter, TOPK_MAX_SHARED_BYTES),
+            (&kernels.topk_filter_wide, TOPK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend, RERANK_MAX_SHARED_BYTES),
         ] {
             kernel

@@ -137,12 +137,16 @@ impl CudaFusion {
             arg(&fused),
             arg(&no_half),
         ];
+        // One thread per coordinate (up to 1024): a query's member rows are read in one
+        // round of loads instead of dim / 128 dependent ones, which is the kernel's latency
+        // at batch 1.
+        let threads = dim.div_ceil(32).clamp(1, 32) as u32 * 32;
         // SAFETY: parameter list matches `fuse_queries`; every member row is < n_users.
         unsafe {
             cuda.launch(
                 &cuda.kernels.fuse_queries,
                 (n as u32, 1, 1),
-                (128, 1, 1),
+                (threads, 1, 1),
                 (dim * 4) as u32,
                 &mut params,
             )?;

@@ -19,6 +19,10 @@ pub const MAX_SLOTS: usize = 64;
 pub const MAX_RERANKED: usize = 1024;
 /// Candidates per block of `rerank_attend`.
 const CHUNK: usize = 64;
+/// Batches up to this size run each head in its own block (`rerank_attend` with one part
+/// per head, summed by `rerank_select`): at small batches a block's serial walk over the
+/// heads, not the GPU's width, bounds the latency.
+const SPLIT_HEADS_BATCH: usize = 8;
 
 /// Dynamic shared memory of `rerank_attend` for heads of width `head_dim`.
 fn rerank_shared_bytes(head_dim: usize) -> usize {
@@ -448,8 +452,16 @@ impl CudaRerank {
         }
         let tables = self.tables.lock();
         let dim = tables.dim();
-        cuda.ensure_len(&mut self.final_scores, n * reranked)?;
-        cuda.ensure_len(&mut self.attributions, (n * reranked * slots).max(1))?;
+        let parts = if n <= SPLIT_HEADS_BATCH {
+            self.config.heads.max(1)
+        } else {
+            1
+        };
+        cuda.ensure_len(&mut self.final_scores, parts * n * reranked)?;
+        cuda.ensure_len(
+            &mut self.attributions,
+            (parts * n * reranked * slots).max(1),
+        )?;
 
         let beta = self.weights.query_fused_mix;
         let (pf, pf_scale) = if beta == 0.0 {
@@ -538,7 +550,7 @@ impl CudaRerank {
         unsafe {
             cuda.launch(
                 &cuda.kernels.rerank_attend,
-                (n as u32, reranked.div_ceil(CHUNK) as u32, 1),
+                (n as u32, reranked.div_ceil(CHUNK) as u32, parts as u32),
                 (128, 1, 1),
                 shared as u32,
                 &mut kernel_params,
@@ -550,11 +562,12 @@ impl CudaRerank {
             batch.candidate_ids.device_ptr(),
             batch.candidate_scores.device_ptr(),
         );
-        let (stride, reranked_u, slots_u, results_u) = (
+        let (stride, reranked_u, slots_u, results_u, parts_u) = (
             batch.candidates as u32,
             reranked as u32,
             slots as u32,
             results as u32,
+            parts as u32,
         );
         let (out_ids, out_scores, out_retrieval, out_attr) = (
             batch.result_ids.device_ptr(),
@@ -575,6 +588,7 @@ impl CudaRerank {
             arg(&out_scores),
             arg(&out_retrieval),
             arg(&out_attr),
+            arg(&parts_u),
         ];
         // SAFETY: parameters match `rerank_select`; outputs sized above.
         unsafe {

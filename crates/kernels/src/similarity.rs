@@ -28,15 +28,21 @@ pub fn topk_shared_bytes(n_items: usize) -> usize {
 /// Candidate buffer entries of `topk_filter` for a selection of `k`: room for the few times
 /// `k` scores that clear the sampled threshold (at least the 4096-bin histogram that shares
 /// the memory).
-fn filter_capacity(k: usize) -> usize {
+pub(crate) fn filter_capacity(k: usize) -> usize {
     if k <= 256 { 2048 } else { 4096 }
 }
 
 /// Dynamic shared memory of `topk_filter` for a catalog of `n_items` and a selection of `k`:
-/// the candidate buffer, scratch, then a bitmap of the seen items.
+/// the candidate buffer, the buffer of candidates at or above the k-th best key (1024),
+/// scratch and histograms, then a bitmap of the seen items.
 pub fn topk_filter_shared_bytes(n_items: usize, k: usize) -> usize {
-    filter_capacity(k) * 8 + (32 + 16 + 16) * 4 + n_items.div_ceil(32) * 4
+    filter_capacity(k) * 8 + 1024 * 8 + (32 + 16 + 16 + 256) * 4 + n_items.div_ceil(32) * 4
 }
+
+/// Up to this many rows, the threshold filter runs one 1024-thread block per row
+/// (`topk_filter_wide`): one block per SM at most, so it pays only while the rows do not
+/// outnumber the SMs (132 on the H100); more rows take 256-thread blocks, several per SM.
+const WIDE_TOPK_ROWS: usize = 132;
 
 /// Which selection kernel runs; every strategy selects exactly the same items.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +139,35 @@ pub(crate) fn enqueue_scores(
                 return Err(CudaError::Unsupported(format!(
                     "the small-batch scoring kernel needs a width that is a multiple of 128 up to 1024, got {dim}"
                 )));
+            }
+            if n == 1 && dim <= 512 {
+                // One query (the latency path): half a warp per row, 16-byte loads, four
+                // rows per warp step; ~3 blocks of 8 warps fit per SM.
+                let blocks = n_items.div_ceil(32).clamp(1, 132 * 3) as u32;
+                let (items_ptr, n_items_u, q_ptr, dim_u, out) = (
+                    items.device_ptr(),
+                    n_items as u32,
+                    queries.device_ptr(),
+                    dim as u32,
+                    scores.device_ptr(),
+                );
+                let mut params = [
+                    arg(&items_ptr),
+                    arg(&n_items_u),
+                    arg(&q_ptr),
+                    arg(&dim_u),
+                    arg(&out),
+                ];
+                // SAFETY: one query row of `dim`; scores hold a row of ld >= n_items.
+                return unsafe {
+                    cuda.launch(
+                        &cuda.kernels.item_scores_one,
+                        (blocks, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        &mut params,
+                    )
+                };
             }
             let blocks = (cuda_sm_blocks(n_items)) as u32;
             for first in (0..n).step_by(SMALL_BATCH) {
@@ -290,13 +325,19 @@ pub(crate) fn enqueue_top_k(
             arg(&ids),
             arg(&out),
         ];
-        // SAFETY: parameters match `topk_filter`; buffers are sized above; the exclusion
-        // users are rows of `tables` (the host writes only known rows or NO_ITEM).
+        let (kernel, threads) = if n <= WIDE_TOPK_ROWS {
+            (&cuda.kernels.topk_filter_wide, 1024)
+        } else {
+            (&cuda.kernels.topk_filter, 256)
+        };
+        // SAFETY: parameters match `topk_filter` / `topk_filter_wide` (same signature);
+        // buffers are sized above; the exclusion users are rows of `tables` (the host
+        // writes only known rows or NO_ITEM).
         return unsafe {
             cuda.launch(
-                &cuda.kernels.topk_filter,
+                kernel,
                 (n as u32, 1, 1),
-                (256, 1, 1),
+                (threads, 1, 1),
                 shared as u32,
                 &mut params,
             )

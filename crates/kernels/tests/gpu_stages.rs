@@ -245,12 +245,17 @@ fn top_k_kernel_selects_exactly_on_fp16_scores() {
     };
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    for case in 0..6 {
+    for case in 0..7 {
         let n_items: usize = match case {
             0 => rng.random_range(1..300),
+            6 => rng.random_range(3000..30_000),
             _ => rng.random_range(1..70_000),
         };
-        let n = rng.random_range(1..40);
+        // Up to 132 rows take the 1024-thread filter kernel, more the 256-thread one.
+        let n = match case {
+            6 => rng.random_range(133..200),
+            _ => rng.random_range(1..40),
+        };
         let k = match case {
             1 => rng.random_range(1..=128),
             _ => rng.random_range(1..=1024),
@@ -273,9 +278,10 @@ fn top_k_kernel_selects_exactly_on_fp16_scores() {
                 };
                 host[q * ld + j] = f16::from_f32(x).to_bits();
             }
-            // Every third row defeats the filter's sample: the 8-score vectors it reads
-            // (256 spread evenly over the row) hold the row's best scores, so its threshold
-            // passes fewer than k scores and the exact fallback must take over.
+            // Every third row defeats the filter's sample: the 8-score vectors that both
+            // filter kernels read (256 spread evenly over the row; the 1024-thread kernel's
+            // 1024 include them) hold the row's best scores, so its threshold passes fewer
+            // than k scores and the exact fallback must take over.
             let nvec = n_items.div_ceil(8);
             if q % 3 == 2 && nvec > 256 {
                 for t in 0..256 {
