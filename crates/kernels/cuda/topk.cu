@@ -281,7 +281,6 @@ topk_rows(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
 //      too far or the ties are too many, all candidates are sorted instead.
 // ---------------------------------------------------------------------------------------
 
-#define FILTER_LOADS 8  // 16-byte loads in flight per thread in the filter pass
 // Phase marks of topk_filter_row (nothing in the product build): a measurement harness may
 // define TOPK_PHASE(i) to record clock64() per phase (called by every thread right after a
 // barrier).
@@ -330,8 +329,7 @@ __device__ __forceinline__ unsigned append_slot(unsigned* counter) {
 template <unsigned NT>
 __device__ void sort_descending_held(unsigned long long* values, unsigned padded) {
     const unsigned i = threadIdx.x;
-    // Warps past the values only take part in the barriers (a 1024-thread block sorting
-    // 256 values would otherwise issue four times the shuffles).
+    // Warps past the values only take part in the barriers.
     const bool holding = (i & ~31u) < padded;
     __syncthreads();
     unsigned long long v = i < padded ? values[i] : 0ull;
@@ -385,7 +383,7 @@ __device__ void sort_descending(unsigned long long* values, unsigned padded) {
 //   exact_only:   nonzero skips the sample and filter (the fallback on every row; tests).
 // Dynamic shared memory: topk_filter_shared_bytes(n_items, k) (see the Rust side):
 // candidates, the second buffer, scratch and histograms, then the seen-item bitmap.
-template <unsigned NT>
+template <unsigned NT, unsigned FILTER_LOADS>
 __device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
                                 const unsigned* __restrict__ exclude_user,
                                 const unsigned* __restrict__ seen_offsets,
@@ -476,9 +474,10 @@ __device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, 
         // 2. Filter pass. Per round of FILTER_LOADS vectors a thread first marks its passing,
         // eligible elements in 8-bit masks (the per-element checks run only for set bits),
         // then its warp reserves room for all of them with one shared atomic (a shuffle
-        // scan of the per-lane counts), then the lanes write their candidates. One atomic
-        // round trip per warp and round instead of one per hit: the appends' dependent
-        // atomics, not the loads, bounded this pass (clock64 phases: 21.5K of 36K cycles).
+        // scan of the per-lane counts), then the lanes write their candidates: one atomic
+        // per warp and round instead of one per hit. (Measured neutral against per-hit
+        // atomics: for one row this pass is bound by how fast one SM pulls the row from L2,
+        // see gpu-notes.md.)
         const unsigned short threshold_bits = threshold ? key_bits(threshold) : (unsigned short)0xfc00u;
         const __half2 bound = __half2half2(__ushort_as_half(threshold_bits));
         const unsigned lane = t & 31;
@@ -667,15 +666,15 @@ __device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, 
     TOPK_PHASE(6);
 }
 
-// Many rows: 256 threads, several blocks per SM.
+// Many rows: 256 threads, several blocks per SM, 8 loads in flight per thread and round.
 extern "C" __global__ void __launch_bounds__(256, 4)
 topk_filter(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
             const unsigned* __restrict__ exclude_user,
             const unsigned* __restrict__ seen_offsets, const unsigned* __restrict__ seen_lens,
             const unsigned* __restrict__ seen_items, unsigned k, unsigned capacity,
             unsigned exact_only, unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
-    topk_filter_row<256>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens, seen_items, k,
-                         capacity, exact_only, out_ids, out_scores);
+    topk_filter_row<256, 8>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens, seen_items,
+                            k, capacity, exact_only, out_ids, out_scores);
 }
 
 // A few rows: 1024 threads, one pass of loads in flight covers a 64K-item row.
@@ -685,6 +684,6 @@ topk_filter_wide(const __half* __restrict__ scores, unsigned ld, unsigned n_item
                  const unsigned* __restrict__ seen_offsets, const unsigned* __restrict__ seen_lens,
                  const unsigned* __restrict__ seen_items, unsigned k, unsigned capacity,
                  unsigned exact_only, unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
-    topk_filter_row<1024>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens, seen_items, k,
-                          capacity, exact_only, out_ids, out_scores);
+    topk_filter_row<1024, 8>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens,
+                             seen_items, k, capacity, exact_only, out_ids, out_scores);
 }

@@ -131,6 +131,35 @@ impl GpuPath {
         Ok(())
     }
 
+    /// Runs only the host steps of [`GpuPath::run`] (resolving users, exclusion lists,
+    /// sources, and their uploads) and returns the wall time of each: fusion, cache (zero
+    /// without one), similarity, rerank. For benchmarks that separate host preparation
+    /// from device time.
+    #[doc(hidden)]
+    pub fn prepare_timed(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+    ) -> Result<[std::time::Duration; 4], StageError> {
+        let start = std::time::Instant::now();
+        self.fusion.prepare(cuda, batch)?;
+        let fused = std::time::Instant::now();
+        if let Some(cache) = &mut self.cache {
+            cache.prepare(cuda, batch)?;
+        }
+        let cached = std::time::Instant::now();
+        self.similarity.prepare(cuda, batch)?;
+        let similar = std::time::Instant::now();
+        self.rerank.prepare(cuda, batch)?;
+        let reranked = std::time::Instant::now();
+        Ok([
+            fused - start,
+            cached - fused,
+            similar - cached,
+            reranked - similar,
+        ])
+    }
+
     fn enqueue_all(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
         self.fusion.enqueue(cuda, batch)?;
         if let Some(cache) = &mut self.cache {

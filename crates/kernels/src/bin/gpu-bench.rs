@@ -1,7 +1,9 @@
 //! Seed-scale GPU benchmark: post-encoding path latency and throughput, top-K, cache,
 //! memory, and batch-1 latency at 10 million users. CUDA-event timing, warm-up, medians.
 //!
-//! `gpu-bench [--users N] [--reps N] [--big-users N]` (defaults: 100000, 50, 10000000).
+//! `gpu-bench [--users N] [--reps N] [--big-users N] [--profile-batch1 N]` (defaults: 100000,
+//! 50, 10000000, 0; a nonzero `--profile-batch1` only runs the batch-1 path that many times,
+//! for a profiler).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +31,8 @@ struct Args {
     users: usize,
     reps: usize,
     big_users: usize,
+    /// When nonzero: only run the batch-1 path this many times (for a profiler), then exit.
+    profile_batch1: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -36,6 +40,7 @@ fn parse_args() -> anyhow::Result<Args> {
         users: 100_000,
         reps: 50,
         big_users: 10_000_000,
+        profile_batch1: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--users" => args.users = value,
             "--reps" => args.reps = value.max(3),
             "--big-users" => args.big_users = value,
+            "--profile-batch1" => args.profile_batch1 = value,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -231,6 +237,18 @@ fn main() -> anyhow::Result<()> {
 
     let mut results: Vec<(String, f64, &str)> = Vec::new();
 
+    if args.profile_batch1 > 0 {
+        let vocabulary = vocabulary(&mut rng);
+        let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
+        let mut batch = query_batch(&cuda, &mut rng, args.users, 1)?;
+        for _ in 0..args.profile_batch1 {
+            path.run(&cuda, &mut batch)?;
+            cuda.synchronize()?;
+        }
+        println!("batch-1 path run {} times", args.profile_batch1);
+        return Ok(());
+    }
+
     // Top-100 of 62,423 fp16 scores for 1000 queries.
     {
         let ld = N_ITEMS.div_ceil(8) * 8;
@@ -343,6 +361,33 @@ fn main() -> anyhow::Result<()> {
         }
         let us = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
         results.push((format!("path (graph), batch {n}, events"), us, "us"));
+    }
+    // Host preparation alone (every stage's host step and uploads), per stage: the part of
+    // the wall time above that the device does not see.
+    for n in [1usize, 1000] {
+        let mut batch = query_batch(&cuda, &mut rng, args.users, n)?;
+        let mut per_stage = vec![Vec::new(); 4];
+        for rep in 0..args.reps + 5 {
+            let times = path.prepare_timed(&cuda, &mut batch)?;
+            cuda.synchronize()?;
+            if rep >= 5 {
+                for (stage, time) in per_stage.iter_mut().zip(times) {
+                    stage.push(time.as_secs_f64() * 1e6);
+                }
+            }
+        }
+        for (name, times) in ["fusion", "cache", "similarity", "rerank"]
+            .iter()
+            .zip(per_stage)
+        {
+            if *name != "cache" {
+                results.push((
+                    format!("host preparation: {name}, batch {n}, wall"),
+                    median(times),
+                    "us",
+                ));
+            }
+        }
     }
     println!("graph launches/captures: {:?}", path.graph_stats());
     let memory = tables.lock().memory_report().add(&path.memory_report());
