@@ -534,6 +534,8 @@ fn rerank_matches_the_cpu_stage() {
         (false, 4, 33, 10),
         (true, 6, 20, 25),
         (true, 4, 7, 150),
+        // >= 64 queries: the host step resolves sources on the rayon pool.
+        (true, 4, 100, 10),
     ] {
         let weights = if trained {
             random_weights(&mut rng, heads)
