@@ -142,7 +142,7 @@ impl Activation {
     fn apply(self, x: &mut [f32]) {
         match self {
             Activation::GeluErf => x.iter_mut().for_each(|v| {
-                *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
+                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
             }),
             Activation::GeluTanh => x.iter_mut().for_each(|v| {
                 let inner = 0.797_884_6 * (*v + 0.044_715 * *v * *v * *v);
@@ -151,6 +151,28 @@ impl Activation {
             Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         }
     }
+}
+
+/// The error function in `f32`, as a rational function of `x` on `[-4, 4]` (outside it,
+/// `erf` is `±1` to `f32` precision): odd numerator of degree 13 over an even denominator
+/// of degree 8, the minimax form that XLA and Eigen use for `f32`. Only multiply, add and
+/// one division, so the GELU loop vectorizes; a scalar `libm` call per value cost 0.8 ms of
+/// a 3 ms query. Absolute error below 1e-6 (tested against `libm::erf` in `f64`).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut numerator = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    numerator = x2 * numerator - 2.101_024e-6;
+    numerator = x2 * numerator - 5.692_506_4e-5;
+    numerator = x2 * numerator - 7.349_906_3e-4;
+    numerator = x2 * numerator - 2.954_600_1e-3;
+    numerator = x2 * numerator - 1.609_603_3e-2;
+    let mut denominator = x2 * -1.456_607_2e-5 - 2.133_740_6e-4;
+    denominator = x2 * denominator - 1.682_827e-3;
+    denominator = x2 * denominator - 7.373_329e-3;
+    denominator = x2 * denominator - 1.426_474e-2;
+    x * numerator / denominator
 }
 
 /// The weights of a BERT encoder, flat `f32`, and its shape.
@@ -419,4 +441,31 @@ fn add_into(acc: &mut [f32], values: &[f32]) {
 /// A tensor's values as a flat `f32` vector, whatever the file's dtype.
 fn flat(tensor: Tensor) -> candle_core::Result<Vec<f32>> {
     tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::erf;
+
+    #[test]
+    fn erf_is_within_1e6_of_libm_everywhere() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64);
+        // A fine grid over the whole interesting range, then fresh random points.
+        let grid = (-80_000..=80_000).map(|i| i as f32 * 1e-4);
+        let mut state = seed | 1;
+        let random = (0..100_000).map(move |_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 20.0
+        });
+        for x in grid.chain(random) {
+            let error = (f64::from(erf(x)) - libm::erf(f64::from(x))).abs();
+            assert!(error < 1e-6, "seed {seed}: erf({x}) off by {error:e}");
+        }
+        assert!((erf(f32::INFINITY) - 1.0).abs() < 1e-6);
+        assert!((erf(f32::NEG_INFINITY) + 1.0).abs() < 1e-6);
+    }
 }
