@@ -1,4 +1,6 @@
-//! Encoding throughput on the CPU: one query, a batch of 64, and a cached query.
+//! Encoding throughput on the CPU: one query, a batch of 64, and a cached query, with the
+//! default (native) forward pass; one query and a batch of 64 with candle's reference
+//! forward pass for comparison.
 //!
 //! `cargo bench -p hyperrec-encoder --bench encode`. Needs the model (provisioned like the
 //! CLI does: `--model`-style spec in `HYPERREC_MODEL`, default all-MiniLM-L6-v2).
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-use hyperrec_encoder::{DEFAULT_MODEL, Encoder, QueryEncoder, resolve_model};
+use hyperrec_encoder::{DEFAULT_MODEL, Encoder, EncoderBackend, QueryEncoder, resolve_model};
 
 const QUERIES: [&str; 8] = [
     "dark psychological thriller with a twist ending",
@@ -22,20 +24,20 @@ const QUERIES: [&str; 8] = [
     "afternoon with a group of friends",
 ];
 
-fn load_encoder() -> Encoder {
+fn load_encoder(backend: EncoderBackend) -> Encoder {
     let spec = std::env::var("HYPERREC_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.to_owned());
     let files = match resolve_model(&spec) {
         Ok(files) => files,
         Err(error) => panic!("the encode bench needs the model: {error}"),
     };
-    match Encoder::load(&files) {
+    match Encoder::load_with(&files, backend) {
         Ok(encoder) => encoder,
         Err(error) => panic!("cannot load the model: {error}"),
     }
 }
 
 fn bench_encode(c: &mut Criterion) {
-    let encoder = Arc::new(load_encoder());
+    let encoder = Arc::new(load_encoder(EncoderBackend::Native));
     let mut group = c.benchmark_group("encode");
 
     group.throughput(Throughput::Elements(1));
@@ -59,6 +61,18 @@ fn bench_encode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::new("cached_query", 1), |b| {
         b.iter(|| cached.encode(black_box(&QUERIES[..1])))
+    });
+    group.finish();
+
+    let reference = load_encoder(EncoderBackend::Candle);
+    let mut group = c.benchmark_group("encode_candle");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new("single_query", 1), |b| {
+        b.iter(|| reference.encode(black_box(&QUERIES[..1])))
+    });
+    group.throughput(Throughput::Elements(64));
+    group.bench_function(BenchmarkId::new("batch", 64), |b| {
+        b.iter(|| reference.encode(black_box(&batch)))
     });
     group.finish();
 }

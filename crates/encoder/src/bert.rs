@@ -29,9 +29,12 @@ use rayon::prelude::*;
 
 use crate::EncoderError;
 
-/// Weight rows per parallel task of a linear layer: 32 rows x 384 inputs = 48 KiB, which
-/// stays in L1/L2 while the token rows stream past.
+/// Weight rows per block of a linear layer: 32 rows x 384 inputs = 48 KiB, which stays in
+/// L1/L2 while the token rows stream past.
 const WEIGHT_BLOCK: usize = 32;
+/// Token rows per parallel task when a batch has more than this many: 64 x 1536 inputs
+/// (the widest layer) = 384 KiB, resident in L2 while the weights stream past.
+const TOKEN_TILE: usize = 64;
 
 /// `y = x Wᵀ + b` with `W` row-major `[outputs, inputs]`.
 struct Linear {
@@ -71,8 +74,34 @@ impl Linear {
 
     /// `out[t] = x[t] Wᵀ + b` for the `tokens` rows of `x`; `transposed` is scratch.
     fn forward(&self, x: &[f32], tokens: usize, transposed: &mut Vec<f32>, out: &mut Vec<f32>) {
-        // The product is computed transposed, `[outputs, tokens]`, so each parallel task
-        // owns a contiguous block of output rows; the transpose back is cheap.
+        out.resize(tokens * self.outputs, 0.0);
+        if tokens > TOKEN_TILE {
+            // Many tokens (a batch of texts): each task keeps a tile of token rows in L2
+            // and streams the weights past it block by block, so the weights are read
+            // once per tile instead of the tokens once per weight block.
+            out.par_chunks_mut(TOKEN_TILE * self.outputs)
+                .zip(x.par_chunks(TOKEN_TILE * self.inputs))
+                .for_each(|(out_tile, x_tile)| {
+                    for (block, block_weights) in
+                        self.weight.chunks(WEIGHT_BLOCK * self.inputs).enumerate()
+                    {
+                        hyperrec_dot::dot_block(
+                            x_tile,
+                            block_weights,
+                            self.inputs,
+                            &mut out_tile[block * WEIGHT_BLOCK..],
+                            self.outputs,
+                        );
+                    }
+                    for row in out_tile.chunks_exact_mut(self.outputs) {
+                        add_into(row, &self.bias);
+                    }
+                });
+            return;
+        }
+        // Few tokens (a query): parallel over blocks of weight rows, each read once and
+        // used for every token. The product is computed transposed, `[outputs, tokens]`,
+        // so each task owns a contiguous block of output rows; the transpose back is cheap.
         transposed.resize(self.outputs * tokens, 0.0);
         transposed
             .par_chunks_mut(WEIGHT_BLOCK * tokens)
@@ -80,7 +109,6 @@ impl Linear {
             .for_each(|(block_out, block_weights)| {
                 hyperrec_dot::dot_block(block_weights, x, self.inputs, block_out, tokens);
             });
-        out.resize(tokens * self.outputs, 0.0);
         for (t, row) in out.chunks_exact_mut(self.outputs).enumerate() {
             for (o, (value, bias)) in row.iter_mut().zip(&self.bias).enumerate() {
                 *value = transposed[o * tokens + t] + bias;
