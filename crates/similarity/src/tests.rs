@@ -494,6 +494,20 @@ fn single_query_half_scan_equals_the_f32_scan_bit_for_bit() {
     }
 }
 
+/// A fixture over given items and histories.
+fn fixture_over(
+    items: Arc<ItemEmbeddings>,
+    histories: Vec<(UserId, Vec<HistoryEntry>)>,
+    seed: u64,
+) -> Fixture {
+    let users = UserTable::build(histories, &items, ProfileRule::default());
+    Fixture {
+        items,
+        users: Arc::new(RwLock::new(users)),
+        seed,
+    }
+}
+
 #[test]
 fn single_query_half_scan_keeps_exact_ties_and_near_ties() {
     // Few distinct rows, each repeated many times, plus copies nudged below f16 resolution:
@@ -512,26 +526,20 @@ fn single_query_half_scan_keeps_exact_ties_and_near_ties() {
         rows.extend(row);
     }
     let items = Arc::new(ItemEmbeddings::new(dim, rows).expect("shape"));
-    let users = Arc::new(RwLock::new(UserTable::build(
-        vec![(
-            UserId(1),
-            (0..40)
-                .map(|t| HistoryEntry {
-                    item: rng.random_range(0..700),
-                    rating: 4.0,
-                    timestamp: t,
-                })
-                .collect(),
-        )],
-        &items,
-        ProfileRule::default(),
-    )));
-    let fx = Fixture {
-        items: items.clone(),
-        users: users.clone(),
-        seed,
-    };
-    let mut stage = Similarity::new(items, users, SimilarityConfig::default()).expect("valid");
+    let history = (0..40)
+        .map(|t| HistoryEntry {
+            item: rng.random_range(0..700),
+            rating: 4.0,
+            timestamp: t,
+        })
+        .collect();
+    let fx = fixture_over(items, vec![(UserId(1), history)], seed);
+    let mut stage = Similarity::new(
+        fx.items.clone(),
+        fx.users.clone(),
+        SimilarityConfig::default(),
+    )
+    .expect("valid");
     for k in [5, 100, 250] {
         let mut batch = prepared_batch(&fx, &mut rng, vec![request(1, k, true)], false);
         stage.run(&Cpu, &mut batch).expect("runs");
@@ -552,17 +560,13 @@ fn tables_f16_cannot_carry_are_scanned_in_f32() {
     let mut rows = random_unit_rows(&mut rng, 200, dim);
     rows[5 * dim] = 1e6;
     let items = Arc::new(ItemEmbeddings::new(dim, rows).expect("shape"));
-    let users = Arc::new(RwLock::new(UserTable::build(
-        Vec::new(),
-        &items,
-        ProfileRule::default(),
-    )));
-    let fx = Fixture {
-        items: items.clone(),
-        users: users.clone(),
-        seed,
-    };
-    let mut stage = Similarity::new(items, users, SimilarityConfig::default()).expect("valid");
+    let fx = fixture_over(items, Vec::new(), seed);
+    let mut stage = Similarity::new(
+        fx.items.clone(),
+        fx.users.clone(),
+        SimilarityConfig::default(),
+    )
+    .expect("valid");
     assert_eq!(stage.index_bytes(), 0);
     let mut batch = prepared_batch(&fx, &mut rng, vec![request(9, 10, true)], false);
     stage.run(&Cpu, &mut batch).expect("runs");
