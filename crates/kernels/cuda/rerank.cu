@@ -41,10 +41,12 @@ struct RerankParams {
     const unsigned* q_hist_begin;
     const unsigned* q_hist_count;
     float gate_offset, gate_slope;
-    // Context: projected phrase keys and gated values [n_phrases, dim] fp32; per query a run
-    // of phrase rows q_ctx_rows[q_ctx_offsets[q] .. q_ctx_offsets[q + 1]].
-    const float* ctx_keys;
-    const float* ctx_values;
+    // Context: projected phrase keys and gated values [n_phrases, dim] fp16 (rounded on the
+    // host exactly as the kernel rounds every operand), gathered like the history rows in
+    // the same load round; per query a run of phrase rows
+    // q_ctx_rows[q_ctx_offsets[q] .. q_ctx_offsets[q + 1]].
+    const __half* ctx_keys;
+    const __half* ctx_values;
     const unsigned* q_ctx_offsets;
     const unsigned* q_ctx_rows;
     unsigned dim, heads;
@@ -62,17 +64,48 @@ struct RerankParams {
 // into part z of the outputs ([parts, n, reranked] and [parts, n, reranked, slots]): part 0
 // carries w_retrieval * r + bias + w_attention * (head 0's term), part z > 0 w_attention *
 // (head z's term); rerank_select sums the parts in a fixed order.
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
-rerank_attend(const RerankParams p) {
+//
+// ASYNC = false (`rerank_attend`): every thread stages its share of a head's rows in
+// registers (all loads issued before any conversion), converts and stores them; logits and
+// products have their own shared arrays. ~199 registers and ~110 KB of shared memory: 2
+// blocks (8 warps) per SM.
+// ASYNC = true (`rerank_attend_async`): the rows go straight from global to shared memory by
+// cp.async (zero-filled past the sources / candidates), a second pass applies the scales in
+// place where one is not exactly 1 (so the operands are bit-identical to the staged
+// variant's), rows are padded by 8 halves instead of 16 (conflict-free 16-byte rows), and
+// the logits and products reuse the rows' shared memory once every warp has finished its
+// tensor-core products: ~71 KB and no staging registers, 3 blocks (12 warps) per SM, for the
+// large batches whose latency-bound blocks want more warps per SM.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* src, unsigned bytes) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem_dst);
+    // src-size `bytes` (0 or 16): the rest of the 16 bytes is zero-filled.
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+
+template <bool ASYNC>
+__device__ __forceinline__ void rerank_attend_body(const RerankParams p) {
     extern __shared__ __align__(32) unsigned char smem[];
-    const unsigned hd = p.dim / p.heads, hdp = hd + 16;  // padded row (32-byte aligned)
+    // Padded row (the WMMA tiles need 32-byte aligned starts: 16 rows of hdp halves are).
+    const unsigned hd = p.dim / p.heads, hdp = hd + (ASYNC ? 8 : 16);
     __half* ks = reinterpret_cast<__half*>(smem);          // [MAX_SLOTS][hdp]
     __half* vs = ks + MAX_SLOTS * hdp;                      // [MAX_SLOTS][hdp]
     __half* qs = vs + MAX_SLOTS * hdp;                      // [CHUNK][hdp]
     __half* us = qs + CHUNK * hdp;                          // [CHUNK][hdp]
-    float* logits = reinterpret_cast<float*>(us + CHUNK * hdp);  // [CHUNK][LOGIT_LD]
-    float* products = logits + CHUNK * LOGIT_LD;                  // [CHUNK][LOGIT_LD]
-    float* attr = products + CHUNK * LOGIT_LD;                    // [CHUNK][ATTR_LD]
+    // ASYNC: logits and products overlay the rows (the larger of the two regions).
+    const unsigned row_bytes = (2 * MAX_SLOTS + 2 * CHUNK) * hdp * 2;
+    const unsigned score_bytes = 2 * CHUNK * LOGIT_LD * 4;
+    float* logits = ASYNC ? reinterpret_cast<float*>(smem)
+                          : reinterpret_cast<float*>(us + CHUNK * hdp);  // [CHUNK][LOGIT_LD]
+    float* products = logits + CHUNK * LOGIT_LD;                          // [CHUNK][LOGIT_LD]
+    float* attr = ASYNC ? reinterpret_cast<float*>(
+                              smem + (row_bytes > score_bytes ? row_bytes : score_bytes))
+                        : products + CHUNK * LOGIT_LD;                    // [CHUNK][ATTR_LD]
     float* attention = attr + CHUNK * ATTR_LD;                    // [CHUNK]
     unsigned* slot_item = reinterpret_cast<unsigned*>(attention + CHUNK);  // [MAX_SLOTS]
     float* slot_gate = reinterpret_cast<float*>(slot_item + MAX_SLOTS);    // [MAX_SLOTS]
@@ -94,6 +127,8 @@ rerank_attend(const RerankParams p) {
             const size_t at = (size_t)user * p.table_hist_len + p.q_hist_begin[q] + s;
             item = p.hist_items[at];
             gate = p.gate_offset + p.gate_slope * (p.hist_ratings[at] - 3.0f) * 0.5f;
+        } else if (s < n_src) {
+            item = p.q_ctx_rows[ctx_begin + s - n_hist];  // a phrase row
         }
         slot_item[s] = item;
         slot_gate[s] = gate;
@@ -115,116 +150,214 @@ rerank_attend(const RerankParams p) {
     const unsigned h_begin = parts > 1 ? part : 0u, h_end = parts > 1 ? part + 1 : p.heads;
     for (unsigned h = h_begin; h < h_end && n_src > 0; ++h) {
         const unsigned col0 = h * hd;
-        // Sources and candidates of this head, 16 bytes (8 columns) per load. Every
-        // thread issues all of its loads (at most LOADS of each kind) before converting
-        // any, so a head costs about one memory round trip instead of one per row.
-        const unsigned chunks = hd >> 3;
-        const unsigned src_items = slot_tiles * 16 * chunks, cand_items = CHUNK * chunks;
-        uint4 kr[LOADS], vr[LOADS], qr[LOADS], ur[LOADS];
-#pragma unroll
-        for (unsigned l = 0; l < LOADS; ++l) {
-            const unsigned i = t + l * (WARPS * 32);
-            kr[l] = vr[l] = qr[l] = ur[l] = make_uint4(0, 0, 0, 0);
-            if (i < src_items) {
+        if constexpr (ASYNC) {
+            // Rows straight into shared memory, then the scales in place.
+            const unsigned chunks = hd >> 3;
+            const unsigned src_items = slot_tiles * 16 * chunks, cand_items = CHUNK * chunks;
+            for (unsigned i = t; i < src_items; i += blockDim.x) {
                 const unsigned s = i / chunks, d = (i % chunks) * 8;
-                if (s < n_hist) {
-                    const size_t row = (size_t)slot_item[s] * p.dim + col0 + d;
-                    kr[l] = *reinterpret_cast<const uint4*>(p.k_table + row);
-                    vr[l] = *reinterpret_cast<const uint4*>(p.v_table + row);
-                }
+                const bool hist = s < n_hist, source = s < n_src;
+                const size_t row = source ? (size_t)slot_item[s] * p.dim + col0 + d : 0;
+                const unsigned bytes = source ? 16u : 0u;
+                cp_async16(ks + s * hdp + d, (hist ? p.k_table : p.ctx_keys) + row, bytes);
+                cp_async16(vs + s * hdp + d, (hist ? p.v_table : p.ctx_values) + row, bytes);
             }
-            if (i < cand_items) {
+            for (unsigned i = t; i < cand_items; i += blockDim.x) {
                 const unsigned c = i / chunks, d = (i % chunks) * 8;
-                if (cand[c] != NO_ITEM) {
-                    const size_t row = (size_t)cand[c] * p.dim + col0 + d;
-                    qr[l] = *reinterpret_cast<const uint4*>(p.q_table + row);
-                    ur[l] = *reinterpret_cast<const uint4*>(p.v_table + row);
-                }
+                const bool valid = cand[c] != NO_ITEM;
+                const size_t row = valid ? (size_t)cand[c] * p.dim + col0 + d : 0;
+                const unsigned bytes = valid ? 16u : 0u;
+                cp_async16(qs + c * hdp + d, p.q_table + row, bytes);
+                cp_async16(us + c * hdp + d, p.v_table + row, bytes);
             }
-        }
-#pragma unroll
-        for (unsigned l = 0; l < LOADS; ++l) {
-            const unsigned i = t + l * (WARPS * 32);
-            if (i < src_items) {
+            cp_async_wait_all();
+            __syncthreads();
+            // The staged variant's conversions, skipped where the factor is exactly 1 (the
+            // product would round back to the same half).
+            const float q_factor = (1.0f - p.beta) * p.q_scale;
+            const bool scale_k = p.k_scale != 1.0f, scale_u = p.v_scale != 1.0f;
+            const bool scale_q = q_factor != 1.0f || p.beta != 0.0f;
+            for (unsigned i = t; i < src_items; i += blockDim.x) {
                 const unsigned s = i / chunks, d = (i % chunks) * 8;
-                float k[8], v[8];
-                if (s < n_hist) {
-                    const __half* kh = reinterpret_cast<const __half*>(&kr[l]);
-                    const __half* vh = reinterpret_cast<const __half*>(&vr[l]);
-                    const float vscale = slot_gate[s] * p.v_scale;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) {
-                        k[e] = p.k_scale * __half2float(kh[e]);
-                        v[e] = vscale * __half2float(vh[e]);
-                    }
-                } else if (s < n_src) {
-                    const size_t row =
-                        (size_t)p.q_ctx_rows[ctx_begin + s - n_hist] * p.dim + col0 + d;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) {
-                        k[e] = p.ctx_keys[row + e];
-                        v[e] = p.ctx_values[row + e];
-                    }
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) k[e] = v[e] = 0.0f;
-                }
-                uint4 ko, vo;
-                __half* kout = reinterpret_cast<__half*>(&ko);
-                __half* vout = reinterpret_cast<__half*>(&vo);
+                if (s >= n_hist) continue;
+                const float vscale = slot_gate[s] * p.v_scale;
+                __half* kh = ks + s * hdp + d;
+                __half* vh = vs + s * hdp + d;
+                uint4 kr = *reinterpret_cast<const uint4*>(kh);
+                uint4 vr = *reinterpret_cast<const uint4*>(vh);
+                __half* kx = reinterpret_cast<__half*>(&kr);
+                __half* vx = reinterpret_cast<__half*>(&vr);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) {
-                    kout[e] = __float2half_rn(k[e]);
-                    vout[e] = __float2half_rn(v[e]);
+                    if (scale_k) kx[e] = __float2half_rn(p.k_scale * __half2float(kx[e]));
+                    vx[e] = __float2half_rn(vscale * __half2float(vx[e]));
                 }
-                *reinterpret_cast<uint4*>(ks + s * hdp + d) = ko;
-                *reinterpret_cast<uint4*>(vs + s * hdp + d) = vo;
+                if (scale_k) *reinterpret_cast<uint4*>(kh) = kr;
+                *reinterpret_cast<uint4*>(vh) = vr;
             }
-            if (i < cand_items) {
-                const unsigned c = i / chunks, d = (i % chunks) * 8;
-                uint4 qo = make_uint4(0, 0, 0, 0), uo = make_uint4(0, 0, 0, 0);
-                if (cand[c] != NO_ITEM) {
+            if (scale_q || scale_u) {
+                for (unsigned i = t; i < cand_items; i += blockDim.x) {
+                    const unsigned c = i / chunks, d = (i % chunks) * 8;
+                    if (cand[c] == NO_ITEM) continue;
+                    __half* qh = qs + c * hdp + d;
+                    __half* uh = us + c * hdp + d;
+                    uint4 qr = *reinterpret_cast<const uint4*>(qh);
+                    uint4 ur = *reinterpret_cast<const uint4*>(uh);
                     uint4 fr = make_uint4(0, 0, 0, 0);
                     if (p.beta != 0.0f)
                         fr = *reinterpret_cast<const uint4*>(p.pf + (size_t)q * p.dim + col0 + d);
-                    const __half* qh = reinterpret_cast<const __half*>(&qr[l]);
-                    const __half* uh = reinterpret_cast<const __half*>(&ur[l]);
-                    const __half* fh = reinterpret_cast<const __half*>(&fr);
-                    __half* qout = reinterpret_cast<__half*>(&qo);
-                    __half* uout = reinterpret_cast<__half*>(&uo);
+                    __half* qx = reinterpret_cast<__half*>(&qr);
+                    __half* ux = reinterpret_cast<__half*>(&ur);
+                    const __half* fx = reinterpret_cast<const __half*>(&fr);
 #pragma unroll
                     for (int e = 0; e < 8; ++e) {
-                        float qv = (1.0f - p.beta) * p.q_scale * __half2float(qh[e]);
-                        if (p.beta != 0.0f) qv += p.beta * p.pf_scale * __half2float(fh[e]);
-                        qout[e] = __float2half_rn(qv);
-                        uout[e] = __float2half_rn(p.v_scale * __half2float(uh[e]));
+                        float qv = (1.0f - p.beta) * p.q_scale * __half2float(qx[e]);
+                        if (p.beta != 0.0f) qv += p.beta * p.pf_scale * __half2float(fx[e]);
+                        qx[e] = __float2half_rn(qv);
+                        ux[e] = __float2half_rn(p.v_scale * __half2float(ux[e]));
+                    }
+                    if (scale_q) *reinterpret_cast<uint4*>(qh) = qr;
+                    if (scale_u) *reinterpret_cast<uint4*>(uh) = ur;
+                }
+            }
+        } else {
+            // Sources and candidates of this head, 16 bytes (8 columns) per load. Every
+            // thread issues all of its loads (at most LOADS of each kind) before converting
+            // any, so a head costs about one memory round trip instead of one per row.
+            const unsigned chunks = hd >> 3;
+            const unsigned src_items = slot_tiles * 16 * chunks, cand_items = CHUNK * chunks;
+            uint4 kr[LOADS], vr[LOADS], qr[LOADS], ur[LOADS];
+    #pragma unroll
+            for (unsigned l = 0; l < LOADS; ++l) {
+                const unsigned i = t + l * (WARPS * 32);
+                kr[l] = vr[l] = qr[l] = ur[l] = make_uint4(0, 0, 0, 0);
+                if (i < src_items) {
+                    const unsigned s = i / chunks, d = (i % chunks) * 8;
+                    if (s < n_src) {
+                        const size_t row = (size_t)slot_item[s] * p.dim + col0 + d;
+                        const bool hist = s < n_hist;
+                        kr[l] = *reinterpret_cast<const uint4*>((hist ? p.k_table : p.ctx_keys) + row);
+                        vr[l] =
+                            *reinterpret_cast<const uint4*>((hist ? p.v_table : p.ctx_values) + row);
                     }
                 }
-                *reinterpret_cast<uint4*>(qs + c * hdp + d) = qo;
-                *reinterpret_cast<uint4*>(us + c * hdp + d) = uo;
+                if (i < cand_items) {
+                    const unsigned c = i / chunks, d = (i % chunks) * 8;
+                    if (cand[c] != NO_ITEM) {
+                        const size_t row = (size_t)cand[c] * p.dim + col0 + d;
+                        qr[l] = *reinterpret_cast<const uint4*>(p.q_table + row);
+                        ur[l] = *reinterpret_cast<const uint4*>(p.v_table + row);
+                    }
+                }
+            }
+    #pragma unroll
+            for (unsigned l = 0; l < LOADS; ++l) {
+                const unsigned i = t + l * (WARPS * 32);
+                if (i < src_items) {
+                    const unsigned s = i / chunks, d = (i % chunks) * 8;
+                    // Context rows are stored as the fp16 operands themselves; slots past the
+                    // sources stay zero (kr, vr were zeroed).
+                    uint4 ko = kr[l], vo = vr[l];
+                    if (s < n_hist) {
+                        const __half* kh = reinterpret_cast<const __half*>(&kr[l]);
+                        const __half* vh = reinterpret_cast<const __half*>(&vr[l]);
+                        __half* kout = reinterpret_cast<__half*>(&ko);
+                        __half* vout = reinterpret_cast<__half*>(&vo);
+                        const float vscale = slot_gate[s] * p.v_scale;
+    #pragma unroll
+                        for (int e = 0; e < 8; ++e) {
+                            kout[e] = __float2half_rn(p.k_scale * __half2float(kh[e]));
+                            vout[e] = __float2half_rn(vscale * __half2float(vh[e]));
+                        }
+                    }
+                    *reinterpret_cast<uint4*>(ks + s * hdp + d) = ko;
+                    *reinterpret_cast<uint4*>(vs + s * hdp + d) = vo;
+                }
+                if (i < cand_items) {
+                    const unsigned c = i / chunks, d = (i % chunks) * 8;
+                    uint4 qo = make_uint4(0, 0, 0, 0), uo = make_uint4(0, 0, 0, 0);
+                    if (cand[c] != NO_ITEM) {
+                        uint4 fr = make_uint4(0, 0, 0, 0);
+                        if (p.beta != 0.0f)
+                            fr = *reinterpret_cast<const uint4*>(p.pf + (size_t)q * p.dim + col0 + d);
+                        const __half* qh = reinterpret_cast<const __half*>(&qr[l]);
+                        const __half* uh = reinterpret_cast<const __half*>(&ur[l]);
+                        const __half* fh = reinterpret_cast<const __half*>(&fr);
+                        __half* qout = reinterpret_cast<__half*>(&qo);
+                        __half* uout = reinterpret_cast<__half*>(&uo);
+    #pragma unroll
+                        for (int e = 0; e < 8; ++e) {
+                            float qv = (1.0f - p.beta) * p.q_scale * __half2float(qh[e]);
+                            if (p.beta != 0.0f) qv += p.beta * p.pf_scale * __half2float(fh[e]);
+                            qout[e] = __float2half_rn(qv);
+                            uout[e] = __float2half_rn(p.v_scale * __half2float(uh[e]));
+                        }
+                    }
+                    *reinterpret_cast<uint4*>(qs + c * hdp + d) = qo;
+                    *reinterpret_cast<uint4*>(us + c * hdp + d) = uo;
+                }
             }
         }
         __syncthreads();
 
-        // Logits and value products of this warp's 16 candidates against every source tile.
-        for (unsigned st = 0; st < slot_tiles; ++st) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> l_acc, p_acc;
-            wmma::fill_fragment(l_acc, 0.0f);
-            wmma::fill_fragment(p_acc, 0.0f);
-            for (unsigned kk = 0; kk < hd; kk += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
-                wmma::load_matrix_sync(a, qs + warp * 16 * hdp + kk, hdp);
-                wmma::load_matrix_sync(b, ks + st * 16 * hdp + kk, hdp);
-                wmma::mma_sync(l_acc, a, b, l_acc);
-                wmma::load_matrix_sync(a, us + warp * 16 * hdp + kk, hdp);
-                wmma::load_matrix_sync(b, vs + st * 16 * hdp + kk, hdp);
-                wmma::mma_sync(p_acc, a, b, p_acc);
+        // Logits and value products of this warp's 16 candidates against every source tile
+        // (none when all 16 are past the reranked candidates: the softmax skips those rows).
+        const unsigned warp_tiles = first + warp * 16 < p.reranked ? slot_tiles : 0u;
+        if constexpr (ASYNC) {
+            // All tiles in registers first (each tile accumulates over kk in the same order
+            // as the other variant), then a barrier: the logits overwrite the rows.
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> l_acc[MAX_SLOTS / 16],
+                p_acc[MAX_SLOTS / 16];
+#pragma unroll
+            for (unsigned st = 0; st < MAX_SLOTS / 16; ++st) {
+                wmma::fill_fragment(l_acc[st], 0.0f);
+                wmma::fill_fragment(p_acc[st], 0.0f);
             }
-            wmma::store_matrix_sync(logits + warp * 16 * LOGIT_LD + st * 16, l_acc, LOGIT_LD,
-                                    wmma::mem_row_major);
-            wmma::store_matrix_sync(products + warp * 16 * LOGIT_LD + st * 16, p_acc, LOGIT_LD,
-                                    wmma::mem_row_major);
+            for (unsigned kk = 0; kk < hd && warp_tiles > 0; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> aq, au;
+                wmma::load_matrix_sync(aq, qs + warp * 16 * hdp + kk, hdp);
+                wmma::load_matrix_sync(au, us + warp * 16 * hdp + kk, hdp);
+#pragma unroll
+                for (unsigned st = 0; st < MAX_SLOTS / 16; ++st) {
+                    if (st < warp_tiles) {
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+                        wmma::load_matrix_sync(b, ks + st * 16 * hdp + kk, hdp);
+                        wmma::mma_sync(l_acc[st], aq, b, l_acc[st]);
+                        wmma::load_matrix_sync(b, vs + st * 16 * hdp + kk, hdp);
+                        wmma::mma_sync(p_acc[st], au, b, p_acc[st]);
+                    }
+                }
+            }
+            __syncthreads();
+#pragma unroll
+            for (unsigned st = 0; st < MAX_SLOTS / 16; ++st) {
+                if (st < warp_tiles) {
+                    wmma::store_matrix_sync(logits + warp * 16 * LOGIT_LD + st * 16, l_acc[st],
+                                            LOGIT_LD, wmma::mem_row_major);
+                    wmma::store_matrix_sync(products + warp * 16 * LOGIT_LD + st * 16,
+                                            p_acc[st], LOGIT_LD, wmma::mem_row_major);
+                }
+            }
+        } else {
+            for (unsigned st = 0; st < warp_tiles; ++st) {
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> l_acc, p_acc;
+                wmma::fill_fragment(l_acc, 0.0f);
+                wmma::fill_fragment(p_acc, 0.0f);
+                for (unsigned kk = 0; kk < hd; kk += 16) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+                    wmma::load_matrix_sync(a, qs + warp * 16 * hdp + kk, hdp);
+                    wmma::load_matrix_sync(b, ks + st * 16 * hdp + kk, hdp);
+                    wmma::mma_sync(l_acc, a, b, l_acc);
+                    wmma::load_matrix_sync(a, us + warp * 16 * hdp + kk, hdp);
+                    wmma::load_matrix_sync(b, vs + st * 16 * hdp + kk, hdp);
+                    wmma::mma_sync(p_acc, a, b, p_acc);
+                }
+                wmma::store_matrix_sync(logits + warp * 16 * LOGIT_LD + st * 16, l_acc, LOGIT_LD,
+                                        wmma::mem_row_major);
+                wmma::store_matrix_sync(products + warp * 16 * LOGIT_LD + st * 16, p_acc, LOGIT_LD,
+                                        wmma::mem_row_major);
+            }
         }
         __syncwarp();
 
@@ -299,13 +432,24 @@ rerank_attend(const RerankParams p) {
     }
 }
 
+extern "C" __global__ void __launch_bounds__(WARPS * 32) rerank_attend(const RerankParams p) {
+    rerank_attend_body<false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 3)
+rerank_attend_async(const RerankParams p) {
+    rerank_attend_body<true>(p);
+}
+
 // Float -> 32-bit key whose unsigned order is the float order (NaN never expected here).
 __device__ __forceinline__ unsigned float_key(float f) {
     const unsigned bits = __float_as_uint(f == 0.0f ? 0.0f : f);
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// One block (1024 threads) per query: the `results` best of the `reranked` final scores,
+// One block per query, of the next power of two >= reranked threads (at least a warp; few
+// threads keep the sort's barriers cheap and let many queries share an SM): the `results`
+// best of the `reranked` final scores,
 // ties by the smaller item id, with retrieval scores and attribution rows. Sort keys pack
 // (score key, 22-bit inverted item id, 10-bit candidate position). Final scores and
 // attributions come in `parts` parts (see rerank_attend), summed here in part order.
@@ -340,7 +484,7 @@ rerank_select(const float* __restrict__ final_scores, const float* __restrict__ 
         }
         keys[i] = key;
     }
-    // Bitonic sort, descending, one key per thread (padded <= 1024 = the block): stages of
+    // Bitonic sort, descending, one key per thread (padded <= the block): stages of
     // stride < 32 exchange by warp shuffles, only the others through `keys` with barriers.
     __syncthreads();
     unsigned long long v = t < padded ? keys[t] : 0ull;

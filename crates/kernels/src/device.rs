@@ -90,6 +90,7 @@ pub(crate) struct Kernels {
     pub topk_filter: CudaFunction,
     pub topk_filter_wide: CudaFunction,
     pub rerank_attend: CudaFunction,
+    pub rerank_attend_async: CudaFunction,
     pub rerank_select: CudaFunction,
     pub gather_rows: CudaFunction,
     pub quantize_rows: CudaFunction,
@@ -217,6 +218,7 @@ impl Kernels {
             topk_filter: function("topk", "topk_filter")?,
             topk_filter_wide: function("topk", "topk_filter_wide")?,
             rerank_attend: function("rerank", "rerank_attend")?,
+            rerank_attend_async: function("rerank", "rerank_attend_async")?,
             rerank_select: function("rerank", "rerank_select")?,
             gather_rows: function("cache", "gather_rows")?,
             quantize_rows: function("cache", "quantize_rows")?,
@@ -232,6 +234,7 @@ impl Kernels {
             (&kernels.topk_filter, TOPK_MAX_SHARED_BYTES),
             (&kernels.topk_filter_wide, TOPK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend, RERANK_MAX_SHARED_BYTES),
+            (&kernels.rerank_attend_async, RERANK_MAX_SHARED_BYTES),
         ] {
             kernel
                 .set_attribute(

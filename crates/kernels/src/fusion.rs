@@ -59,42 +59,13 @@ impl CudaFusion {
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
         let users = self.users.read();
-        let dim = users.dim();
-        self.member_offsets_host.clear();
-        self.members_host.clear();
-        self.member_offsets_host.push(0);
-        let mut aggregate = vec![0.0f32; dim];
-        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
-            notes.user = users.index_of(request.user);
-            notes.companions.clear();
-            for companion in &request.context.companions {
-                if let Some(row) = users.index_of(*companion)
-                    && Some(row) != notes.user
-                    && !notes.companions.contains(&row)
-                {
-                    notes.companions.push(row);
-                }
-            }
-            let first = self.members_host.len();
-            let members = notes
-                .user
-                .into_iter()
-                .chain(notes.companions.iter().copied());
-            for member in members {
-                if users.embedding(member).is_some() {
-                    self.members_host.push(member);
-                }
-            }
-            let with_profile = &self.members_host[first..];
-            notes.cold_start = match with_profile {
-                [] => true,
-                // A profile is unit length: one member never cancels out.
-                [_] => false,
-                group => !aggregate_survives(&users, group, &mut aggregate),
-            };
-            self.member_offsets_host
-                .push(self.members_host.len() as u32);
-        }
+        plan_members(
+            &users,
+            &batch.requests,
+            &mut batch.notes,
+            &mut self.member_offsets_host,
+            &mut self.members_host,
+        );
         drop(users);
         cuda.ensure_len(&mut self.member_offsets, self.member_offsets_host.len())?;
         cuda.upload_at(&self.member_offsets_host, &mut self.member_offsets, 0)?;
@@ -169,6 +140,57 @@ impl CudaFusion {
 }
 
 /// Whether the normalized sum of the group's profiles exists (the sum does not vanish).
+/// Pre-launch host step of fusion: each request's user row, companions and cold-start
+/// note (`notes[q].{user, companions, cold_start}`), and the members with a profile whose
+/// rows the kernel sums, as runs `members[offsets[q]..offsets[q + 1]]`.
+#[doc(hidden)]
+pub fn plan_members(
+    users: &hyperrec_catalog::UserTable,
+    requests: &[hyperrec_stage::Request],
+    notes: &mut [hyperrec_stage::RequestNotes],
+    offsets: &mut Vec<u32>,
+    members: &mut Vec<u32>,
+) {
+    offsets.clear();
+    members.clear();
+    offsets.push(0);
+    // Only groups of two or more with profiles need the sum (cancellation check).
+    let mut aggregate = Vec::new();
+    for (notes, request) in notes.iter_mut().zip(requests) {
+        notes.user = users.index_of(request.user);
+        notes.companions.clear();
+        for companion in &request.context.companions {
+            if let Some(row) = users.index_of(*companion)
+                && Some(row) != notes.user
+                && !notes.companions.contains(&row)
+            {
+                notes.companions.push(row);
+            }
+        }
+        let first = members.len();
+        let group = notes
+            .user
+            .into_iter()
+            .chain(notes.companions.iter().copied());
+        for member in group {
+            if users.embedding(member).is_some() {
+                members.push(member);
+            }
+        }
+        let with_profile = &members[first..];
+        notes.cold_start = match with_profile {
+            [] => true,
+            // A profile is unit length: one member never cancels out.
+            [_] => false,
+            group => {
+                aggregate.resize(users.dim(), 0.0);
+                !aggregate_survives(users, group, &mut aggregate)
+            }
+        };
+        offsets.push(members.len() as u32);
+    }
+}
+
 fn aggregate_survives(
     users: &hyperrec_catalog::UserTable,
     group: &[UserIndex],

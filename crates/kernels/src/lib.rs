@@ -42,11 +42,11 @@ pub use device::{Cuda, CudaBuffer, CudaMark};
 #[cfg(feature = "cuda")]
 pub use error::CudaError;
 #[cfg(feature = "cuda")]
-pub use fusion::CudaFusion;
+pub use fusion::{CudaFusion, plan_members};
 #[cfg(feature = "cuda")]
 pub use path::GpuPath;
 #[cfg(feature = "cuda")]
-pub use rerank::{CudaRerank, MAX_RERANKED, MAX_SLOTS};
+pub use rerank::{CudaRerank, MAX_RERANKED, MAX_SLOTS, RerankKernel, fill_sources, plan_sources};
 #[cfg(feature = "cuda")]
 pub use similarity::{
     CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, score_all_items,

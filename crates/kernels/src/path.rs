@@ -34,9 +34,11 @@ impl Drop for Captured {
 
 /// The GPU stages of the post-encoding path, run as one CUDA graph per batch shape.
 ///
-/// Each stage's host step (resolving users, exclusion lists, sources; small uploads) runs
-/// first, then the device work of all three stages is one graph launch: about ten kernels
-/// and a GEMM with no launch gaps and no host synchronization. A graph is keyed by
+/// Each stage's pre-launch host step (resolving users, whose seen set to exclude, compact
+/// per-query rerank records; small uploads) runs first, then the device work of all three
+/// stages is one graph launch: about ten kernels and a GEMM with no launch gaps and no host
+/// synchronization; the host steps that only write notes (`excluded`, `sources`) run after
+/// the launch, overlapped with the device. A graph is keyed by
 /// everything its launches bake in (batch size, candidates, results, slots, the device
 /// addresses of every buffer involved, the tables' generation), so a batch of a new shape
 /// or after the tables grew runs eagerly once and is captured for the next time; batches
@@ -116,6 +118,7 @@ impl GpuPath {
             unsafe { result::graph::launch(captured.exec, cuda.cu_stream()) }
                 .map_err(CudaError::from)?;
             self.replays += 1;
+            self.fill_notes(batch);
             return Ok(());
         }
         // A new shape (or moved buffers): run eagerly, which also gives every buffer its
@@ -128,19 +131,28 @@ impl GpuPath {
         }
         self.graphs.insert(key, captured);
         self.captures += 1;
+        self.fill_notes(batch);
         Ok(())
+    }
+
+    /// The host steps that only write notes (`excluded`, `sources`): run after the launch,
+    /// while the device works, since nothing on the device waits for them.
+    fn fill_notes(&self, batch: &mut Batch<Cuda>) {
+        self.similarity.fill_notes(batch);
+        self.rerank.fill_notes(batch);
     }
 
     /// Runs only the host steps of [`GpuPath::run`] (resolving users, exclusion lists,
     /// sources, and their uploads) and returns the wall time of each: fusion, cache (zero
-    /// without one), similarity, rerank. For benchmarks that separate host preparation
-    /// from device time.
+    /// without one), similarity, rerank (these four run before the launch), and the notes
+    /// written after it (`excluded`, `sources`: overlapped with the device work). For
+    /// benchmarks that separate host preparation from device time.
     #[doc(hidden)]
     pub fn prepare_timed(
         &mut self,
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
-    ) -> Result<[std::time::Duration; 4], StageError> {
+    ) -> Result<[std::time::Duration; 5], StageError> {
         let start = std::time::Instant::now();
         self.fusion.prepare(cuda, batch)?;
         let fused = std::time::Instant::now();
@@ -152,11 +164,14 @@ impl GpuPath {
         let similar = std::time::Instant::now();
         self.rerank.prepare(cuda, batch)?;
         let reranked = std::time::Instant::now();
+        self.fill_notes(batch);
+        let noted = std::time::Instant::now();
         Ok([
             fused - start,
             cached - fused,
             similar - cached,
             reranked - similar,
+            noted - reranked,
         ])
     }
 

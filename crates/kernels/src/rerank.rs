@@ -6,9 +6,9 @@ use std::sync::Arc;
 use cudarc::cublas::sys as blas_sys;
 use half::f16;
 
-use hyperrec_catalog::SharedUsers;
-use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
-use hyperrec_stage::{Batch, Event, Source, Stage, StageError};
+use hyperrec_catalog::{SharedUsers, UserTable};
+use hyperrec_rerank::{ContextVocabulary, PhraseTable, RerankConfig, RerankWeights};
+use hyperrec_stage::{Batch, Context, Event, Request, RequestNotes, Source, Stage, StageError};
 
 use crate::device::{Cuda, CudaBuffer, RERANK_MAX_SHARED_BYTES, arg};
 use crate::{CudaError, MemoryReport, NO_ITEM, SharedTables};
@@ -24,28 +24,196 @@ const CHUNK: usize = 64;
 /// heads, not the GPU's width, bounds the latency.
 const SPLIT_HEADS_BATCH: usize = 8;
 
-/// Dynamic shared memory of `rerank_attend` for heads of width `head_dim`.
-fn rerank_shared_bytes(head_dim: usize) -> usize {
-    let hdp = head_dim + 16;
-    let halves = 2 * MAX_SLOTS * hdp + 2 * CHUNK * hdp;
-    let floats = 2 * CHUNK * (MAX_SLOTS + 4) + CHUNK * (MAX_SLOTS + 1) + CHUNK;
-    halves * 2 + floats * 4 + MAX_SLOTS * 8 + CHUNK * 4
+/// The two builds of the attention kernel (`cuda/rerank.cu`); both compute bit-identical
+/// results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RerankKernel {
+    /// `rerank_attend`: rows staged in registers; ~110 KB shared, 2 blocks per SM.
+    Staged,
+    /// `rerank_attend_async`: rows copied to shared memory by cp.async, logits overlaying
+    /// them; ~71 KB shared, 3 blocks per SM.
+    Async,
 }
 
-/// Batches from this size resolve their queries' sources on the rayon pool.
-const PARALLEL_PREPARE_BATCH: usize = 64;
+/// Blocks of `rerank_attend` (2 per SM) that the H100's 132 SMs run in one wave. Beyond one
+/// wave the async build's third block per SM pays (batch 1000: 372 -> 305 us); within one
+/// wave occupancy does not matter and the staged build was as fast or a little faster
+/// (batch 1 / 10 / 100 paths: 76.6 / 105.5 / 122.3 us vs 77.9 / 112.6 / 124.5, gpu5).
+const STAGED_WAVE_BLOCKS: usize = 2 * 132;
 
-/// One query's sources, resolved on the host (see `CudaRerank::prepare`).
-struct QuerySources {
-    /// User-table row whose history the kernel reads, or [`NO_ITEM`].
-    user: u32,
-    /// First history slot of the device row to read, and how many.
-    history_begin: u32,
-    history_count: u32,
-    /// Phrase-table rows of the context sources.
-    context_rows: Vec<u32>,
-    /// Sources in all (history + context).
-    slots: usize,
+/// The build of the attention kernel for a grid of `blocks` blocks.
+fn auto_kernel(blocks: usize) -> RerankKernel {
+    if blocks > STAGED_WAVE_BLOCKS {
+        RerankKernel::Async
+    } else {
+        RerankKernel::Staged
+    }
+}
+
+/// Dynamic shared memory of the attention kernel for heads of width `head_dim`.
+fn rerank_shared_bytes(kernel: RerankKernel, head_dim: usize) -> usize {
+    let rest = (CHUNK * (MAX_SLOTS + 1) + CHUNK) * 4 + MAX_SLOTS * 8 + CHUNK * 4;
+    let scores = 2 * CHUNK * (MAX_SLOTS + 4) * 4;
+    match kernel {
+        RerankKernel::Staged => {
+            let rows = (2 * MAX_SLOTS + 2 * CHUNK) * (head_dim + 16) * 2;
+            rows + scores + rest
+        }
+        RerankKernel::Async => {
+            let rows = (2 * MAX_SLOTS + 2 * CHUNK) * (head_dim + 8) * 2;
+            rows.max(scores) + rest
+        }
+    }
+}
+
+/// Length of the per-query records of `n` queries with `context_rows` phrase rows in all:
+/// user, history begin, history count (`n` each), context offsets (`n + 1`), then the rows.
+fn packed_len(n: usize, context_rows: usize) -> usize {
+    4 * n + 1 + context_rows
+}
+
+/// Pre-launch host step of the rerank: writes the compact records the kernels read into
+/// `packed`, laid out as `[user; n] [history_begin; n] [history_count; n]
+/// [context_offsets; n + 1] [context_rows]` so the whole batch is one upload, and returns
+/// the most sources (history items + context phrases) of any query.
+///
+/// Why it looks like this: it runs before every graph launch, so it reads only what the
+/// records need, one history *length* per user (the kernels gather the items and ratings
+/// from the device tables themselves), and no history entries; it neither allocates nor
+/// hashes per query: consecutive requests with equal contexts (a context is a few enums and
+/// genre names, so batches repeat them) reuse the previous phrase lookup. The explanation
+/// slots (`notes.sources`), which do need every history entry, are written by
+/// [`fill_sources`] after the launch, while the device works.
+///
+/// Errors: a user row outside the table ([`StageError::UnknownUser`]), or more than
+/// [`MAX_SLOTS`] sources for one query.
+#[doc(hidden)]
+pub fn plan_sources(
+    users: &UserTable,
+    phrases: &PhraseTable,
+    history_len: usize,
+    table_history: usize,
+    requests: &[Request],
+    notes: &[RequestNotes],
+    packed: &mut Vec<u32>,
+) -> Result<usize, StageError> {
+    let n = requests.len().min(notes.len());
+    packed.clear();
+    packed.resize(packed_len(n, 0), 0);
+    let mut slots = 0;
+    let mut memo = ContextMemo::default();
+    for (q, (request, notes)) in requests.iter().zip(notes).enumerate() {
+        let stored = match notes.user {
+            None => 0,
+            Some(user) if (user as usize) < users.len() => users.history(user).len(),
+            Some(user) => return Err(StageError::UnknownUser(user)),
+        };
+        let history = stored.min(history_len);
+        let context = memo.lookup(phrases, &request.context);
+        let sources = history + context.len();
+        if sources > MAX_SLOTS {
+            return Err(StageError::Failed {
+                stage: "rerank",
+                message: format!("{sources} sources exceed the GPU rerank's {MAX_SLOTS}"),
+            });
+        }
+        packed[q] = notes.user.filter(|_| history > 0).unwrap_or(NO_ITEM);
+        // The device row holds the table's most recent `table_history` items, oldest
+        // first; ours are the last `history` of them.
+        packed[n + q] = (stored.min(table_history).saturating_sub(history)) as u32;
+        packed[2 * n + q] = history as u32;
+        packed.extend(context.iter().map(|&(row, _)| row));
+        packed[3 * n + q + 1] = (packed.len() - packed_len(n, 0)) as u32;
+        slots = slots.max(sources);
+    }
+    Ok(slots)
+}
+
+/// Post-launch host step of the rerank: each query's explanation slots (`notes.sources`:
+/// the user's recent history items, oldest first, then the context phrases that have an
+/// embedding), in the order [`plan_sources`] gave the kernels. Reads every history entry of
+/// the batch's users, so it runs while the device works; large batches split it over the
+/// rayon pool. Users outside the table get no history (`plan_sources` refused them).
+#[doc(hidden)]
+pub fn fill_sources(
+    users: &UserTable,
+    phrases: &PhraseTable,
+    history_len: usize,
+    requests: &[Request],
+    notes: &mut [RequestNotes],
+) {
+    let fill = |requests: &[Request], notes: &mut [RequestNotes]| {
+        let mut memo = ContextMemo::default();
+        for (request, notes) in requests.iter().zip(notes) {
+            let history = match notes.user {
+                Some(user) if (user as usize) < users.len() => users.recent(user, history_len),
+                _ => &[][..],
+            };
+            let context = memo.lookup(phrases, &request.context);
+            notes.sources.clear();
+            notes.sources.reserve(history.len() + context.len());
+            notes
+                .sources
+                .extend(history.iter().map(|h| Source::HistoryItem(h.item)));
+            notes.sources.extend(
+                context
+                    .iter()
+                    .map(|(_, phrase)| Source::Context(phrase.clone())),
+            );
+        }
+    };
+    if requests.len() >= PARALLEL_FILL_BATCH {
+        use rayon::prelude::*;
+        requests
+            .par_chunks(FILL_CHUNK)
+            .zip(notes.par_chunks_mut(FILL_CHUNK))
+            .for_each(|(requests, notes)| fill(requests, notes));
+    } else {
+        fill(requests, notes);
+    }
+}
+
+/// Batches from this size fill their explanation slots on the rayon pool, in chunks of
+/// `FILL_CHUNK` queries (each chunk keeps its own context memo).
+const PARALLEL_FILL_BATCH: usize = 256;
+const FILL_CHUNK: usize = 64;
+
+/// Distinct contexts a [`ContextMemo`] remembers (contexts are a few enums and genre
+/// names, so a batch repeats a handful of them).
+const MEMO_CONTEXTS: usize = 8;
+
+/// The phrase rows (and phrases) of the last [`MEMO_CONTEXTS`] distinct contexts looked
+/// up, so a batch builds and hashes each context's phrase strings about once.
+#[derive(Default)]
+struct ContextMemo<'a> {
+    entries: Vec<(&'a Context, Vec<(u32, String)>)>,
+    /// Entry replaced next when the memo is full (round robin).
+    next: usize,
+}
+
+impl<'a> ContextMemo<'a> {
+    /// Phrase rows of `context` that have an embedding, in slot order.
+    fn lookup(&mut self, phrases: &PhraseTable, context: &'a Context) -> &[(u32, String)] {
+        let at = match self.entries.iter().position(|(seen, _)| *seen == context) {
+            Some(at) => at,
+            None => {
+                let rows = ContextVocabulary::phrases_for(context)
+                    .into_iter()
+                    .filter_map(|phrase| phrases.row_of(&phrase).map(|row| (row, phrase)))
+                    .collect();
+                if self.entries.len() < MEMO_CONTEXTS {
+                    self.entries.push((context, rows));
+                    self.entries.len() - 1
+                } else {
+                    let at = self.next;
+                    self.entries[at] = (context, rows);
+                    self.next = (at + 1) % MEMO_CONTEXTS;
+                    at
+                }
+            }
+        };
+        &self.entries[at].1
+    }
 }
 
 /// Kernel parameters, laid out as `RerankParams` in `cuda/rerank.cu` (passed by value).
@@ -221,19 +389,14 @@ pub struct CudaRerank {
     key: Projection,
     value: Projection,
     phrases_version: Option<u64>,
-    ctx_keys: CudaBuffer<f32>,
-    ctx_values: CudaBuffer<f32>,
-    // Per-batch staging (host and device).
-    q_user_host: Vec<u32>,
-    q_hist_begin_host: Vec<u32>,
-    q_hist_count_host: Vec<u32>,
-    q_ctx_offsets_host: Vec<u32>,
-    q_ctx_rows_host: Vec<u32>,
-    q_user: CudaBuffer<u32>,
-    q_hist_begin: CudaBuffer<u32>,
-    q_hist_count: CudaBuffer<u32>,
-    q_ctx_offsets: CudaBuffer<u32>,
-    q_ctx_rows: CudaBuffer<u32>,
+    /// Projected context phrase keys and gated values, fp16 `[n_phrases, dim]`.
+    ctx_keys: CudaBuffer<u16>,
+    ctx_values: CudaBuffer<u16>,
+    /// Per-batch query records (see [`resolve_sources`]), host staging and device copy.
+    packed_host: Vec<u32>,
+    packed: CudaBuffer<u32>,
+    /// The build of the attention kernel, when fixed (`None`: [`auto_kernel`] by grid size).
+    kernel: Option<RerankKernel>,
     fused_half: CudaBuffer<u16>,
     projected_fused: CudaBuffer<u16>,
     final_scores: CudaBuffer<f32>,
@@ -275,7 +438,7 @@ impl CudaRerank {
                 config.candidates
             )));
         }
-        if rerank_shared_bytes(head_dim) > RERANK_MAX_SHARED_BYTES {
+        if rerank_shared_bytes(RerankKernel::Staged, head_dim) > RERANK_MAX_SHARED_BYTES {
             return Err(CudaError::Unsupported(
                 "rerank shared memory exceeds the limit".into(),
             ));
@@ -300,16 +463,9 @@ impl CudaRerank {
             phrases_version: None,
             ctx_keys: cuda.alloc(0)?,
             ctx_values: cuda.alloc(0)?,
-            q_user_host: Vec::new(),
-            q_hist_begin_host: Vec::new(),
-            q_hist_count_host: Vec::new(),
-            q_ctx_offsets_host: Vec::new(),
-            q_ctx_rows_host: Vec::new(),
-            q_user: cuda.alloc(0)?,
-            q_hist_begin: cuda.alloc(0)?,
-            q_hist_count: cuda.alloc(0)?,
-            q_ctx_offsets: cuda.alloc(0)?,
-            q_ctx_rows: cuda.alloc(0)?,
+            packed_host: Vec::new(),
+            packed: cuda.alloc(0)?,
+            kernel: None,
             fused_half: cuda.alloc(0)?,
             projected_fused: cuda.alloc(0)?,
             final_scores: cuda.alloc(0)?,
@@ -342,6 +498,11 @@ impl CudaRerank {
             }
             v.iter_mut().for_each(|x| *x *= self.weights.context_gate);
         }
+        // fp16, rounded as the kernel rounds every attention operand, so the kernel gathers
+        // them with the history rows in one load round.
+        let to_half =
+            |xs: &[f32]| -> Vec<u16> { xs.iter().map(|&x| f16::from_f32(x).to_bits()).collect() };
+        let (keys, values) = (to_half(&keys), to_half(&values));
         cuda.ensure_len(&mut self.ctx_keys, keys.len().max(1))?;
         cuda.ensure_len(&mut self.ctx_values, values.len().max(1))?;
         cuda.upload_at(&keys, &mut self.ctx_keys, 0)?;
@@ -350,8 +511,8 @@ impl CudaRerank {
         Ok(())
     }
 
-    /// Host step: sources of every query (and `notes[i].sources`), uploaded; sizes the
-    /// result buffers.
+    /// Pre-launch host step: the batch's query records ([`plan_sources`]), one upload.
+    /// `notes.sources` is written afterwards by [`CudaRerank::fill_notes`].
     pub(crate) fn prepare(
         &mut self,
         cuda: &Cuda,
@@ -361,102 +522,47 @@ impl CudaRerank {
         let users = self.users.read();
         let table_history = self.tables.lock().history_len();
         let phrases = self.vocabulary.read();
-        self.q_user_host.clear();
-        self.q_hist_begin_host.clear();
-        self.q_hist_count_host.clear();
-        self.q_ctx_offsets_host.clear();
-        self.q_ctx_rows_host.clear();
-        self.q_ctx_offsets_host.push(0);
-        // Each query's sources (history slice, context phrases) and its `notes.sources`:
-        // independent per query, and at large batches the host's longest step before the
-        // graph launch (613-790 us for 1000 queries on the H100 host, one thread), so they
-        // run on the rayon pool there; small batches stay on this thread.
-        let (users_ref, phrases_ref, history_len) = (&*users, &*phrases, self.config.history_len);
-        let resolve =
-            |(request, notes): (&hyperrec_stage::Request, &mut hyperrec_stage::RequestNotes)| {
-                notes.sources.clear();
-                let history = match notes.user {
-                    None => &[][..],
-                    Some(user) if (user as usize) < users_ref.len() => {
-                        users_ref.recent(user, history_len)
-                    }
-                    Some(user) => return Err(StageError::UnknownUser(user)),
-                };
-                // The device row holds the table's most recent `table_history` items, oldest
-                // first; ours are the last `history.len()` of them.
-                let on_device = notes
-                    .user
-                    .map_or(0, |user| users_ref.recent(user, table_history).len());
-                let mut context_rows = Vec::new();
-                notes
-                    .sources
-                    .extend(history.iter().map(|h| Source::HistoryItem(h.item)));
-                for phrase in ContextVocabulary::phrases_for(&request.context) {
-                    if let Some(row) = phrases_ref.row_of(&phrase) {
-                        context_rows.push(row);
-                        notes.sources.push(Source::Context(phrase));
-                    }
-                }
-                if notes.sources.len() > MAX_SLOTS {
-                    return Err(StageError::Failed {
-                        stage: "rerank",
-                        message: format!(
-                            "{} sources exceed the GPU rerank's {MAX_SLOTS}",
-                            notes.sources.len()
-                        ),
-                    });
-                }
-                Ok(QuerySources {
-                    user: notes
-                        .user
-                        .filter(|_| !history.is_empty())
-                        .unwrap_or(NO_ITEM),
-                    history_begin: on_device.saturating_sub(history.len()) as u32,
-                    history_count: history.len() as u32,
-                    context_rows,
-                    slots: notes.sources.len(),
-                })
-            };
-        let resolved: Vec<QuerySources> = if batch.requests.len() >= PARALLEL_PREPARE_BATCH {
-            use rayon::prelude::*;
-            batch
-                .requests
-                .par_iter()
-                .zip(batch.notes.par_iter_mut())
-                .map(resolve)
-                .collect::<Result<_, _>>()?
-        } else {
-            batch
-                .requests
-                .iter()
-                .zip(batch.notes.iter_mut())
-                .map(resolve)
-                .collect::<Result<_, _>>()?
-        };
-        let mut slots = 0;
-        for query in &resolved {
-            self.q_user_host.push(query.user);
-            self.q_hist_begin_host.push(query.history_begin);
-            self.q_hist_count_host.push(query.history_count);
-            self.q_ctx_rows_host.extend_from_slice(&query.context_rows);
-            self.q_ctx_offsets_host
-                .push(self.q_ctx_rows_host.len() as u32);
-            slots = slots.max(query.slots);
-        }
+        let n = batch.len();
+        let slots = plan_sources(
+            &users,
+            &phrases,
+            self.config.history_len,
+            table_history,
+            &batch.requests,
+            &batch.notes,
+            &mut self.packed_host,
+        )?;
         drop(phrases);
         drop(users);
         batch.slots = slots;
-        for (host, device) in [
-            (&self.q_user_host, &mut self.q_user),
-            (&self.q_hist_begin_host, &mut self.q_hist_begin),
-            (&self.q_hist_count_host, &mut self.q_hist_count),
-            (&self.q_ctx_offsets_host, &mut self.q_ctx_offsets),
-            (&self.q_ctx_rows_host, &mut self.q_ctx_rows),
-        ] {
-            cuda.ensure_len(device, host.len().max(1))?;
-            cuda.upload_at(host, device, 0)?;
-        }
+        // Spare room for context rows, so a batch of the same size with more phrases
+        // keeps the buffer (and the captured graph that bakes its address).
+        let room = self.packed_host.len().max(packed_len(n, 4 * n));
+        cuda.ensure_len(&mut self.packed, room)?;
+        cuda.upload_at(&self.packed_host, &mut self.packed, 0)?;
         Ok(())
+    }
+
+    /// Fixes the build of the attention kernel, or with `None` lets the grid size choose
+    /// (the default). Benchmarks and tests compare the builds; both give bit-identical
+    /// results. The choice is part of the path's graph key, so a change re-captures.
+    #[doc(hidden)]
+    pub fn set_kernel(&mut self, kernel: Option<RerankKernel>) {
+        self.kernel = kernel;
+    }
+
+    /// Post-launch host step: every query's `notes.sources` ([`fill_sources`]), for the
+    /// batch `prepare` planned; runs while the device works.
+    pub(crate) fn fill_notes(&self, batch: &mut Batch<Cuda>) {
+        let users = self.users.read();
+        let phrases = self.vocabulary.read();
+        fill_sources(
+            &users,
+            &phrases,
+            self.config.history_len,
+            &batch.requests,
+            &mut batch.notes,
+        );
     }
 
     /// Enqueues only the device work (attention and selection) for a batch this stage has
@@ -568,15 +674,15 @@ impl CudaRerank {
             hist_ratings: tables.history_ratings().device_ptr(),
             table_hist_len: tables.history_len() as u32,
             _pad1: 0,
-            q_user: self.q_user.device_ptr(),
-            q_hist_begin: self.q_hist_begin.device_ptr(),
-            q_hist_count: self.q_hist_count.device_ptr(),
+            q_user: self.packed.ptr_at(0),
+            q_hist_begin: self.packed.ptr_at(n),
+            q_hist_count: self.packed.ptr_at(2 * n),
             gate_offset: self.weights.history_gate[0],
             gate_slope: self.weights.history_gate[1],
             ctx_keys: self.ctx_keys.device_ptr(),
             ctx_values: self.ctx_values.device_ptr(),
-            q_ctx_offsets: self.q_ctx_offsets.device_ptr(),
-            q_ctx_rows: self.q_ctx_rows.device_ptr(),
+            q_ctx_offsets: self.packed.ptr_at(3 * n),
+            q_ctx_rows: self.packed.ptr_at(packed_len(n, 0)),
             dim: dim as u32,
             heads: self.config.heads as u32,
             context_share: self.weights.context_share,
@@ -589,14 +695,22 @@ impl CudaRerank {
             attributions: self.attributions.device_ptr(),
         };
         let mut kernel_params = [arg(&params)];
-        let shared = rerank_shared_bytes(self.weights.head_dim());
+        let chunks = reranked.div_ceil(CHUNK);
+        let build = self
+            .kernel
+            .unwrap_or_else(|| auto_kernel(n * chunks * parts));
+        let kernel = match build {
+            RerankKernel::Staged => &cuda.kernels.rerank_attend,
+            RerankKernel::Async => &cuda.kernels.rerank_attend_async,
+        };
+        let shared = rerank_shared_bytes(build, self.weights.head_dim());
         // SAFETY: `RerankParams` mirrors the kernel's struct; every table and staging
         // buffer is sized for the batch (candidate rows of `candidates`, sources checked
         // against MAX_SLOTS on the host).
         unsafe {
             cuda.launch(
-                &cuda.kernels.rerank_attend,
-                (n as u32, reranked.div_ceil(CHUNK) as u32, parts as u32),
+                kernel,
+                (n as u32, chunks as u32, parts as u32),
                 (128, 1, 1),
                 shared as u32,
                 &mut kernel_params,
@@ -636,12 +750,16 @@ impl CudaRerank {
             arg(&out_attr),
             arg(&parts_u),
         ];
-        // SAFETY: parameters match `rerank_select`; outputs sized above.
+        // One thread per (power-of-two padded) candidate: a 1024-thread block for 100
+        // candidates idled 7/8 of its threads and paid 1024-thread barriers.
+        let select_threads = reranked.next_power_of_two().max(32) as u32;
+        // SAFETY: parameters match `rerank_select`; outputs sized above; the block holds
+        // the padded candidate count (<= MAX_RERANKED = 1024).
         unsafe {
             cuda.launch(
                 &cuda.kernels.rerank_select,
                 (n as u32, 1, 1),
-                (1024, 1, 1),
+                (select_threads, 1, 1),
                 0,
                 &mut select,
             )?;
@@ -653,11 +771,9 @@ impl CudaRerank {
     pub(crate) fn graph_key(&self) -> Vec<u64> {
         let tables = self.tables.lock();
         vec![
-            self.q_user.device_ptr(),
-            self.q_hist_begin.device_ptr(),
-            self.q_hist_count.device_ptr(),
-            self.q_ctx_offsets.device_ptr(),
-            self.q_ctx_rows.device_ptr(),
+            // A fixed build (an automatic one follows the batch size, already in the key).
+            self.kernel.map_or(0, |kernel| kernel as u64 + 1),
+            self.packed.device_ptr(),
             self.ctx_keys.device_ptr(),
             self.ctx_values.device_ptr(),
             self.fused_half.device_ptr(),
@@ -692,7 +808,9 @@ impl Stage<Cuda> for CudaRerank {
 
     fn run(&mut self, device: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
         self.prepare(device, batch)?;
-        self.enqueue(device, batch)
+        self.enqueue(device, batch)?;
+        self.fill_notes(batch);
+        Ok(())
     }
 
     fn observe(&mut self, device: &Cuda, event: &Event) -> Result<(), StageError> {
@@ -701,5 +819,42 @@ impl Stage<Cuda> for CudaRerank {
             self.tables.lock().sync_user(device, &users, user)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The async build exists for occupancy: at the seed model's head width (384 / 4) it
+    /// must fit three blocks per SM (227 KB per SM, 1 KB reserved per block), and no head
+    /// width the stage accepts may exceed the kernels' shared-memory limit.
+    #[test]
+    fn shared_memory_of_the_builds() {
+        let async_96 = rerank_shared_bytes(RerankKernel::Async, 96);
+        assert!(3 * (async_96 + 1024) <= 227 * 1024, "{async_96} bytes");
+        assert!(
+            rerank_shared_bytes(RerankKernel::Staged, 96) > async_96,
+            "the staged build holds rows and scores side by side"
+        );
+        for head_dim in (16..=128).step_by(16) {
+            for kernel in [RerankKernel::Staged, RerankKernel::Async] {
+                let bytes = rerank_shared_bytes(kernel, head_dim);
+                assert!(
+                    bytes <= RERANK_MAX_SHARED_BYTES,
+                    "{kernel:?} {head_dim}: {bytes}"
+                );
+            }
+        }
+    }
+
+    /// Grids within one wave of the staged build keep it; larger ones take the async one.
+    #[test]
+    fn automatic_build_follows_the_grid() {
+        assert_eq!(auto_kernel(8), RerankKernel::Staged); // batch 1, heads split
+        assert_eq!(auto_kernel(200), RerankKernel::Staged); // batch 100
+        assert_eq!(auto_kernel(STAGED_WAVE_BLOCKS), RerankKernel::Staged);
+        assert_eq!(auto_kernel(STAGED_WAVE_BLOCKS + 1), RerankKernel::Async);
+        assert_eq!(auto_kernel(2000), RerankKernel::Async); // batch 1000
     }
 }

@@ -7,7 +7,7 @@ use std::ffi::c_void;
 use cudarc::cublas::sys as blas_sys;
 
 use hyperrec_catalog::SharedUsers;
-use hyperrec_stage::{Batch, Event, Stage, StageError};
+use hyperrec_stage::{Batch, Event, Request, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
@@ -502,31 +502,42 @@ impl CudaSimilarity {
         self.strategy = strategy;
     }
 
-    /// Host step: who is excluded per query (and the notes saying so), uploaded.
+    /// Pre-launch host step: whose seen set each query excludes, uploaded (`notes.excluded`
+    /// is written after the launch by [`CudaSimilarity::fill_notes`]).
     pub(crate) fn prepare(
         &mut self,
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
         let users = self.users.read();
+        let exclude_seen = self.params.exclude_seen;
         self.exclude_host.clear();
-        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
-            notes.excluded.clear();
-            match notes.user {
-                Some(user)
-                    if self.params.exclude_seen
-                        && request.exclude_seen
-                        && (user as usize) < users.len() =>
-                {
-                    notes.excluded.extend_from_slice(users.seen(user));
-                    self.exclude_host.push(user);
-                }
-                _ => self.exclude_host.push(NO_ITEM),
-            }
-        }
+        self.exclude_host
+            .extend(batch.notes.iter().zip(&batch.requests).map(
+                |(notes, request)| match notes.user {
+                    Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => user,
+                    _ => NO_ITEM,
+                },
+            ));
+        drop(users);
         cuda.ensure_len(&mut self.exclude, self.exclude_host.len())?;
         cuda.upload_at(&self.exclude_host, &mut self.exclude, 0)?;
         Ok(())
+    }
+
+    /// Post-launch host step: `notes.excluded` (the seen items the device excluded, as the
+    /// CPU stage reports them). Only the notes need the seen lists (the device reads its own
+    /// copy), so this copy runs while the device works.
+    pub(crate) fn fill_notes(&self, batch: &mut Batch<Cuda>) {
+        let users = self.users.read();
+        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
+            notes.excluded.clear();
+            if let Some(user) = notes.user
+                && excludes_seen(self.params.exclude_seen, request, user, users.len())
+            {
+                notes.excluded.extend_from_slice(users.seen(user));
+            }
+        }
     }
 
     /// Device step: scores and selection.
@@ -649,6 +660,12 @@ impl CudaSimilarity {
     }
 }
 
+/// Whether `request` (of table row `user`, the table holding `n_users` users) has its
+/// user's seen items excluded, with the stage's `exclude_seen` setting.
+fn excludes_seen(exclude_seen: bool, request: &Request, user: UserIndex, n_users: usize) -> bool {
+    exclude_seen && request.exclude_seen && (user as usize) < n_users
+}
+
 impl Stage<Cuda> for CudaSimilarity {
     fn name(&self) -> &'static str {
         "similarity"
@@ -656,7 +673,9 @@ impl Stage<Cuda> for CudaSimilarity {
 
     fn run(&mut self, device: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
         self.prepare(device, batch)?;
-        self.enqueue(device, batch)
+        self.enqueue(device, batch)?;
+        self.fill_notes(batch);
+        Ok(())
     }
 
     fn observe(&mut self, device: &Cuda, event: &Event) -> Result<(), StageError> {

@@ -534,8 +534,8 @@ fn rerank_matches_the_cpu_stage() {
         (false, 4, 33, 10),
         (true, 6, 20, 25),
         (true, 4, 7, 150),
-        // >= 64 queries: the host step resolves sources on the rayon pool.
-        (true, 4, 100, 10),
+        // >= 256 queries: the notes' sources are filled on the rayon pool.
+        (true, 4, 300, 10),
     ] {
         let weights = if trained {
             random_weights(&mut rng, heads)
@@ -602,7 +602,7 @@ fn rerank_matches_the_cpu_stage() {
         .expect("cpu rerank")
         .run(&Cpu, &mut cpu)
         .expect("cpu rerank");
-        hyperrec_kernels::CudaRerank::new(
+        let mut rerank = hyperrec_kernels::CudaRerank::new(
             &cuda,
             users.clone(),
             tables.clone(),
@@ -610,9 +610,29 @@ fn rerank_matches_the_cpu_stage() {
             config,
             weights,
         )
-        .expect("gpu rerank")
-        .run(&cuda, &mut gpu)
         .expect("gpu rerank");
+        // Both builds of the attention kernel: bit-identical outputs, then the CPU check.
+        rerank.set_kernel(Some(hyperrec_kernels::RerankKernel::Staged));
+        rerank.run(&cuda, &mut gpu).expect("gpu rerank (staged)");
+        let staged = (
+            download(&cuda, &gpu.result_ids),
+            download(&cuda, &gpu.result_scores),
+            download(&cuda, &gpu.result_attributions),
+        );
+        rerank.set_kernel(Some(hyperrec_kernels::RerankKernel::Async));
+        rerank.run(&cuda, &mut gpu).expect("gpu rerank (async)");
+        assert_eq!(staged.0, download(&cuda, &gpu.result_ids), "{context}: ids");
+        let same_bits = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        assert!(
+            same_bits(&staged.1, &download(&cuda, &gpu.result_scores)),
+            "{context}: scores of the two kernels differ"
+        );
+        assert!(
+            same_bits(&staged.2, &download(&cuda, &gpu.result_attributions)),
+            "{context}: attributions of the two kernels differ"
+        );
         assert_eq!(cpu.slots, gpu.slots, "{context}");
         let results = cpu.results;
         let (ids, scores) = (

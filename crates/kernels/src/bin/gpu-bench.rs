@@ -1,8 +1,9 @@
 //! Seed-scale GPU benchmark: post-encoding path latency and throughput, top-K, cache,
 //! memory, and batch-1 latency at 10 million users. CUDA-event timing, warm-up, medians.
 //!
-//! `gpu-bench [--users N] [--reps N] [--big-users N] [--profile-batch1 N]` (defaults: 100000,
-//! 50, 10000000, 0; a nonzero `--profile-batch1` only runs the batch-1 path that many times,
+//! `gpu-bench [--users N] [--reps N] [--big-users N] [--profile-batch1 N] [--profile-size S]`
+//! (defaults: 100000, 50, 10000000, 0, 1; a nonzero `--profile-batch1` only runs the path at
+//! batch size `--profile-size` that many times,
 //! for a profiler).
 
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
-    GpuPath, SharedTables, SimilarityParams, TablesConfig, TopK, TopKStrategy, score_all_items,
+    GpuPath, RerankKernel, SharedTables, SimilarityParams, TablesConfig, TopK, TopKStrategy,
+    score_all_items,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -33,6 +35,8 @@ struct Args {
     big_users: usize,
     /// When nonzero: only run the batch-1 path this many times (for a profiler), then exit.
     profile_batch1: usize,
+    /// Batch size of the `--profile-batch1` runs.
+    profile_size: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -41,6 +45,7 @@ fn parse_args() -> anyhow::Result<Args> {
         reps: 50,
         big_users: 10_000_000,
         profile_batch1: 0,
+        profile_size: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--reps" => args.reps = value.max(3),
             "--big-users" => args.big_users = value,
             "--profile-batch1" => args.profile_batch1 = value,
+            "--profile-size" => args.profile_size = value.max(1),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -240,12 +246,15 @@ fn main() -> anyhow::Result<()> {
     if args.profile_batch1 > 0 {
         let vocabulary = vocabulary(&mut rng);
         let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
-        let mut batch = query_batch(&cuda, &mut rng, args.users, 1)?;
+        let mut batch = query_batch(&cuda, &mut rng, args.users, args.profile_size)?;
         for _ in 0..args.profile_batch1 {
             path.run(&cuda, &mut batch)?;
             cuda.synchronize()?;
         }
-        println!("batch-1 path run {} times", args.profile_batch1);
+        println!(
+            "batch-{} path run {} times",
+            args.profile_size, args.profile_batch1
+        );
         return Ok(());
     }
 
@@ -334,6 +343,17 @@ fn main() -> anyhow::Result<()> {
             Ok(path.rerank.enqueue_prepared(&cuda, &mut batch)?)
         })?;
         results.push((format!("rerank kernels only, batch {n}"), us, "us"));
+        // The register-staged attention kernel (the default before gpu5), for comparison.
+        path.rerank.set_kernel(Some(RerankKernel::Staged));
+        let us = device_time(&cuda, args.reps, || {
+            Ok(path.rerank.enqueue_prepared(&cuda, &mut batch)?)
+        })?;
+        path.rerank.set_kernel(None);
+        results.push((
+            format!("rerank kernels only, batch {n} (staged kernel)"),
+            us,
+            "us",
+        ));
         for (name, times) in ["fusion", "similarity + top-100", "rerank + top-10"]
             .iter()
             .zip(stage_times)
@@ -361,12 +381,20 @@ fn main() -> anyhow::Result<()> {
         }
         let us = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
         results.push((format!("path (graph), batch {n}, events"), us, "us"));
+        path.rerank.set_kernel(Some(RerankKernel::Staged));
+        let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+        path.rerank.set_kernel(None);
+        results.push((
+            format!("path (graph), batch {n}, wall per batch (staged rerank kernel)"),
+            us,
+            "us",
+        ));
     }
     // Host preparation alone (every stage's host step and uploads), per stage: the part of
     // the wall time above that the device does not see.
     for n in [1usize, 1000] {
         let mut batch = query_batch(&cuda, &mut rng, args.users, n)?;
-        let mut per_stage = vec![Vec::new(); 4];
+        let mut per_stage = vec![Vec::new(); 5];
         for rep in 0..args.reps + 5 {
             let times = path.prepare_timed(&cuda, &mut batch)?;
             cuda.synchronize()?;
@@ -376,13 +404,17 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        for (name, times) in ["fusion", "cache", "similarity", "rerank"]
-            .iter()
-            .zip(per_stage)
-        {
+        let names = [
+            "fusion",
+            "cache",
+            "similarity",
+            "rerank",
+            "notes after the launch (overlapped)",
+        ];
+        for (name, times) in names.iter().zip(per_stage) {
             if *name != "cache" {
                 results.push((
-                    format!("host preparation: {name}, batch {n}, wall"),
+                    format!("host step: {name}, batch {n}, wall"),
                     median(times),
                     "us",
                 ));

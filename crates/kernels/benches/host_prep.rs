@@ -1,0 +1,184 @@
+//! Host preparation of the GPU rerank (and fusion) at batch 1000 (CPU only, no GPU needed): the step
+//! that runs before every graph launch of the path, so its cost is paid per batch on top of
+//! the device time.
+//!
+//! `plan_sources` (the records the kernels need, before the launch: one history length per
+//! user, context lookups reused across equal contexts, one packed buffer) and
+//! `fill_sources` (`notes.sources`, after the launch, overlapped with the device) against
+//! `per_query_baseline`, the shape of the whole host step before session gpu5 (every
+//! history entry read and phrase strings built and hashed per query, all before the
+//! launch). Notes start empty each batch, as after `Batch::reset` in the pipeline.
+//! Users: 100,000 with 50-item histories (the gpu-bench set-up); item vectors are 8 wide
+//! since the host step never reads them.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
+use hyperrec_kernels::{fill_sources, plan_members, plan_sources};
+use hyperrec_rerank::{ContextVocabulary, PhraseTable};
+use hyperrec_stage::{Context, Request, RequestNotes, Social, Source, TimeOfDay, UserId};
+
+const N_ITEMS: usize = 62_423;
+const WIDTH: usize = 8;
+const N_USERS: usize = 100_000;
+const HISTORY: usize = 50;
+const BATCH: usize = 1000;
+
+fn setup() -> (
+    UserTable,
+    ContextVocabulary,
+    Vec<Request>,
+    Vec<RequestNotes>,
+) {
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let data: Vec<f32> = (0..N_ITEMS * WIDTH)
+        .map(|_| rng.random_range(0.1f32..1.0))
+        .collect();
+    let items = ItemEmbeddings::new(WIDTH, data).expect("item shape");
+    let users = (0..N_USERS)
+        .map(|u| {
+            let history = (0..HISTORY as i64)
+                .map(|t| HistoryEntry {
+                    item: rng.random_range(0..N_ITEMS as u32),
+                    rating: rng.random_range(1..=10) as f32 * 0.5,
+                    timestamp: 1_000_000 + t * 3600,
+                })
+                .collect();
+            (UserId(u as u32), history)
+        })
+        .collect();
+    let users = UserTable::build(users, &items, ProfileRule::default());
+    let genres: Vec<String> = ["thriller", "comedy", "drama", "horror", "romance"]
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    let entries = ContextVocabulary::all_phrases(&genres)
+        .into_iter()
+        .map(|phrase| (phrase, vec![1.0f32; WIDTH]))
+        .collect();
+    let vocabulary = ContextVocabulary::new(entries).expect("vocabulary");
+    let requests: Vec<Request> = (0..BATCH)
+        .map(|i| Request {
+            user: UserId(rng.random_range(0..N_USERS as u32)),
+            query: format!("q{i}"),
+            context: Context {
+                time_of_day: Some(TimeOfDay::Evening),
+                social: Some(Social::Alone),
+                genres: vec![genres[i % 2].clone()],
+                ..Context::default()
+            },
+            k: 10,
+            exclude_seen: true,
+        })
+        .collect();
+    let notes = requests
+        .iter()
+        .map(|request| RequestNotes {
+            user: users.index_of(request.user),
+            ..RequestNotes::default()
+        })
+        .collect();
+    (users, vocabulary, requests, notes)
+}
+
+/// The host step's shape before gpu5, kept here as the comparison point.
+fn per_query_baseline(
+    users: &UserTable,
+    phrases: &PhraseTable,
+    requests: &[Request],
+    notes: &mut [RequestNotes],
+    records: &mut [Vec<u32>; 5],
+) -> usize {
+    records.iter_mut().for_each(Vec::clear);
+    records[3].push(0);
+    let mut slots = 0;
+    for (request, notes) in requests.iter().zip(notes.iter_mut()) {
+        notes.sources.clear();
+        let history = notes
+            .user
+            .map_or(&[][..], |user| users.recent(user, HISTORY));
+        let mut context_rows = Vec::new();
+        notes
+            .sources
+            .extend(history.iter().map(|h| Source::HistoryItem(h.item)));
+        for phrase in ContextVocabulary::phrases_for(&request.context) {
+            if let Some(row) = phrases.row_of(&phrase) {
+                context_rows.push(row);
+                notes.sources.push(Source::Context(phrase));
+            }
+        }
+        records[0].push(notes.user.unwrap_or(u32::MAX));
+        records[1].push(0);
+        records[2].push(history.len() as u32);
+        records[4].extend_from_slice(&context_rows);
+        let offset = records[4].len() as u32;
+        records[3].push(offset);
+        slots = slots.max(notes.sources.len());
+    }
+    slots
+}
+
+fn host_prep(c: &mut Criterion) {
+    let (users, vocabulary, requests, notes) = setup();
+    let phrases = vocabulary.read();
+    let mut group = c.benchmark_group("rerank host step, batch 1000");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut packed = Vec::new();
+    group.bench_function("plan_sources (before the launch)", |b| {
+        b.iter(|| {
+            plan_sources(
+                &users,
+                &phrases,
+                HISTORY,
+                HISTORY,
+                &requests,
+                &notes,
+                &mut packed,
+            )
+            .expect("sources fit")
+        })
+    });
+    group.bench_function("fill_sources (after the launch)", |b| {
+        b.iter_batched_ref(
+            || notes.clone(),
+            |notes| fill_sources(&users, &phrases, HISTORY, &requests, notes),
+            BatchSize::LargeInput,
+        )
+    });
+    let mut records: [Vec<u32>; 5] = Default::default();
+    group.bench_function("per_query_baseline", |b| {
+        b.iter_batched_ref(
+            || notes.clone(),
+            |notes| {
+                black_box(per_query_baseline(
+                    &users,
+                    &phrases,
+                    &requests,
+                    notes,
+                    &mut records,
+                ))
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("fusion host step, batch 1000");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let (mut offsets, mut members) = (Vec::new(), Vec::new());
+    group.bench_function("plan_members (before the launch)", |b| {
+        b.iter_batched_ref(
+            || notes.clone(),
+            |notes| plan_members(&users, &requests, notes, &mut offsets, &mut members),
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, host_prep);
+criterion_main!(benches);
