@@ -169,13 +169,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         let stats = pipeline.cache().stats();
-        println!(
-            "temporal cache: {} hot rows, hit rate {:.1}% ({} hits, {} misses)",
-            stats.hot_rows,
-            stats.hit_rate * 100.0,
-            stats.hits,
-            stats.misses
-        );
+        if stats.hits + stats.misses == 0 {
+            // Embedding rows are linear, so the history term was folded into the query and
+            // no row was looked up; the rows serve `hyperrec similar`.
+            println!(
+                "temporal cache: {} hot rows (history term folded into the query: no row \
+                 lookups; the rows serve `hyperrec similar`)",
+                stats.hot_rows
+            );
+        } else {
+            println!(
+                "temporal cache: {} hot rows, hit rate {:.1}% ({} hits, {} misses)",
+                stats.hot_rows,
+                stats.hit_rate * 100.0,
+                stats.hits,
+                stats.misses
+            );
+        }
         print_memory(pipeline);
     }
     Ok(())
