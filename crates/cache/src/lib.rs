@@ -389,6 +389,20 @@ impl CacheHandle {
         Ok(())
     }
 
+    /// Counts a real-time [`Event`] whose item is mapped to its row by `rows`: what a
+    /// cache stage's `observe` does, on the CPU and the GPU alike.
+    pub fn record_event(
+        &self,
+        rows: &HashMap<ItemId, ItemIndex>,
+        event: &Event,
+    ) -> Result<(), StageError> {
+        let item = *rows
+            .get(&event.item)
+            .ok_or(StageError::UnknownItem(event.item.0))?;
+        self.record(item, event.timestamp)
+            .map_err(|_| StageError::UnknownItem(event.item.0))
+    }
+
     /// The `n` most popular items (only items with events), most popular first, ties by
     /// smaller index, with their popularity at the latest event.
     pub fn hottest(&self, n: usize) -> Vec<(ItemIndex, f64)> {
@@ -826,12 +840,7 @@ impl Stage<Cpu> for TemporalCache {
                         .into(),
             });
         };
-        let item = *index
-            .get(&event.item)
-            .ok_or(StageError::UnknownItem(event.item.0))?;
-        self.handle
-            .record(item, event.timestamp)
-            .map_err(|_| StageError::UnknownItem(event.item.0))
+        self.handle.record_event(index, event)
     }
 }
 

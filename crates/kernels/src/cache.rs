@@ -1211,11 +1211,6 @@ impl Stage<Cuda> for CudaCache {
                         .into(),
             });
         };
-        let item = *index
-            .get(&event.item)
-            .ok_or(StageError::UnknownItem(event.item.0))?;
-        self.handle
-            .record(item, event.timestamp)
-            .map_err(|_| StageError::UnknownItem(event.item.0))
+        self.handle.record_event(index, event)
     }
 }
