@@ -78,6 +78,15 @@ impl<T: Element> std::fmt::Debug for CudaBuffer<T> {
 /// A point on the stream's timeline (a CUDA event with timing enabled).
 pub struct CudaMark(CudaEvent);
 
+impl CudaMark {
+    /// Blocks the host until the device has passed this mark: how a caller keeps a bounded
+    /// number of batches in flight (the host step of the next batch overlaps the device work
+    /// of the previous ones).
+    pub fn wait(&self) -> Result<(), CudaError> {
+        self.0.synchronize().map_err(CudaError::from)
+    }
+}
+
 /// Every kernel the stages launch, loaded once from the committed PTX.
 pub(crate) struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
