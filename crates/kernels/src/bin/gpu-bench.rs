@@ -19,9 +19,9 @@ use hyperrec_cache::{CacheConfig, RowSource, TemporalCache};
 use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
-    Cuda, CudaCache, CudaCacheConfig, CudaMark, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
-    GpuPath, RerankKernel, SharedTables, SimilarityParams, TablesConfig, TopK, TopKStrategy,
-    score_all_items,
+    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaMark, CudaRerank, CudaSimilarity,
+    DeviceTables, GpuPath, RerankKernel, SharedTables, SimilarityParams, TablesConfig, TopK,
+    TopKStrategy, score_all_items,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
