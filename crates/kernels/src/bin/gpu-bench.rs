@@ -20,8 +20,8 @@ use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaMark, CudaRerank, CudaSimilarity,
-    DeviceTables, GpuPath, RerankKernel, SharedTables, SimilarityParams, TablesConfig, TopK,
-    TopKStrategy, score_all_items,
+    DeviceTables, GpuPath, RerankKernel, ScoreGemm, SharedTables, SimilarityParams, TablesConfig,
+    TopK, TopKStrategy, score_all_items, score_all_items_with,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -346,6 +346,60 @@ fn main() -> anyhow::Result<()> {
             us,
             "us",
         ));
+        if n < 1000 {
+            continue;
+        }
+        // The large-batch similarity on its own: the default (cuBLASLt, measured algorithm)
+        // against cublasGemmEx, and the selection on the GEMM's real score rows (their
+        // top candidates span many more fp16 keys than the uniform rows above).
+        let us = device_time(&cuda, args.reps, || {
+            Ok(score_all_items_with(
+                &cuda,
+                &guard,
+                &device_queries,
+                n,
+                &mut scratch,
+                &mut out,
+                ScoreGemm::GemmEx,
+            )?)
+        })?;
+        results.push((
+            format!("scores of 62,423 items, batch {n} (cublasGemmEx)"),
+            us,
+            "us",
+        ));
+        let mut top = TopK::new(&cuda)?;
+        score_all_items(&cuda, &guard, &device_queries, n, &mut scratch, &mut out)?;
+        let us = device_time(&cuda, args.reps, || {
+            Ok(top.enqueue(&cuda, &out, N_ITEMS, n, 100)?)
+        })?;
+        results.push((
+            format!("top-100 of 62,423 GEMM scores, {n} queries"),
+            us,
+            "us",
+        ));
+        for (gemm, name) in [
+            (ScoreGemm::Measured, "cuBLASLt measured"),
+            (ScoreGemm::GemmEx, "cublasGemmEx"),
+        ] {
+            let us = device_time(&cuda, args.reps, || {
+                score_all_items_with(
+                    &cuda,
+                    &guard,
+                    &device_queries,
+                    n,
+                    &mut scratch,
+                    &mut out,
+                    gemm,
+                )?;
+                Ok(top.enqueue(&cuda, &out, N_ITEMS, n, 100)?)
+            })?;
+            results.push((
+                format!("similarity + top-100, batch {n} (scores + select, device; {name})"),
+                us,
+                "us",
+            ));
+        }
     }
 
     let vocabulary = vocabulary(&mut rng);
