@@ -1,10 +1,11 @@
 // Batch-1000 similarity probe: the score GEMM (1000 queries x 62,423 fp16 items x 384) by
-// cublasGemmEx and by cuBLASLt algorithms timed one by one, and ways to overlap it with the
-// threshold-filter top-K (`topk_filter` of cuda/topk.cu, included as is). A measurement
-// tool, not product code (not compiled by `cargo xtask ptx`). On the device, from the
-// repository root:
-//   nvcc -arch=sm_90 -O3 -std=c++17 crates/kernels/tools/gemm_topk_probe.cu -lcublasLt -lcublas \
-//        -o /tmp/probe && /tmp/probe
+// cublasGemmEx and by every cuBLASLt heuristic answer timed one by one (with and without an
+// SM-count target), the threshold-filter selections of cuda/topk.cu (included as is) on the
+// GEMM's own score rows, and the GEMM with 128-byte-aligned score rows. A measurement tool,
+// not product code (not compiled by `cargo xtask ptx`). Findings: gpu-notes.md, session
+// s1000. On the device (cuBLAS headers and libraries of the toolkit):
+//   cd crates/kernels/tools && nvcc -arch=sm_90 -O3 -std=c++17 gemm_topk_probe.cu \
+//        -lcublasLt -lcublas -o /tmp/probe && /tmp/probe
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
