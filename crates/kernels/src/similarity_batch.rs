@@ -12,7 +12,9 @@
 //! fp16, but the summation order may differ between algorithms, so scores may differ in the
 //! last fp16 bit between algorithms. The choice is made once per shape and per [`Cuda`]
 //! (graph captures and eager runs of one process use the same algorithm), and the top-K
-//! selection is exact on whatever fp16 scores the GEMM wrote.
+//! selection is exact on whatever fp16 scores the GEMM wrote. Choosing costs ~16 x 4 GEMM
+//! runs plus synchronizations (~10 ms at 1000 x 62,424) once per new batch size; the
+//! pipeline pads batches to power-of-two buckets, so a process meets only a handful.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
