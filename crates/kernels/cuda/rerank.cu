@@ -644,6 +644,10 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     const bool has_bias = p.beta != 0.0f;
     // Logit factor of the two pools: context rows are the operands themselves.
     const float logit_hist = q_factor * inv_sqrt_hd * p.k_scale, logit_ctx = q_factor * inv_sqrt_hd;
+    // One row for a candidate's query and value, one for a history source's key and value,
+    // and no fused-query term (the untrained weights): a history source's value product is
+    // its raw logit, so only the context sources need the value products' MMAs.
+    const bool logit_products = share_qv && share_kv && !has_bias && logit_hist != 0.0f;
 
     if (t < MAX_SLOTS) {
         const unsigned s = t;
@@ -654,6 +658,7 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
             item = p.hist_items[at];
             const float gate = p.gate_offset + p.gate_slope * (p.hist_ratings[at] - 3.0f) * 0.5f;
             pf = p.v_scale * gate * p.v_scale;
+            if (logit_products) pf /= logit_hist;  // applied to the scaled logit
         } else if (s < n_src) {
             item = p.q_ctx_rows[ctx_begin + s - n_hist];
             pf = p.v_scale;
@@ -783,62 +788,85 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         }
         if (!warp_active) continue;
 
-        // Two-pool softmax of rows g and g + 8; the weights replace the logits. Tiles past
-        // the sources are skipped as a whole (a uniform branch), columns past them masked.
+        // Two-pool softmax of rows g and g + 8 (r = 0, 1); the weights replace the logits.
+        // Tiles past the sources are skipped as a whole (a uniform branch), columns past
+        // them masked; a column's predicates serve both rows.
+        float mh[2] = {-INFINITY, -INFINITY}, mc[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (unsigned j = 0; j < SRC_TILES; ++j) {
+            if (j * 8 < n_src) {
+#pragma unroll
+                for (unsigned e = 0; e < 2; ++e) {
+                    const unsigned s = j * 8 + 2 * t4 + e;
+                    const bool hist = s < n_hist, source = s < n_src;
+                    const float factor = hist ? logit_hist : logit_ctx;
+                    const float bias = has_bias ? logit_bias[s] : 0.0f;
+#pragma unroll
+                    for (unsigned r = 0; r < 2; ++r) {
+                        const float x = source ? fmaf(lacc[j][2 * r + e], factor, bias) : -INFINITY;
+                        lacc[j][2 * r + e] = x;
+                        if (hist) mh[r] = fmaxf(mh[r], x);
+                        else mc[r] = fmaxf(mc[r], x);
+                    }
+                }
+            }
+        }
 #pragma unroll
         for (unsigned r = 0; r < 2; ++r) {
-            float mh = -INFINITY, mc = -INFINITY;
+            mh[r] = fmaxf(mh[r], __shfl_xor_sync(0xffffffffu, mh[r], 1));
+            mh[r] = fmaxf(mh[r], __shfl_xor_sync(0xffffffffu, mh[r], 2));
+            mc[r] = fmaxf(mc[r], __shfl_xor_sync(0xffffffffu, mc[r], 1));
+            mc[r] = fmaxf(mc[r], __shfl_xor_sync(0xffffffffu, mc[r], 2));
+        }
+        // With logit_products a history source's value product is its logit over
+        // logit_hist (product_factor holds the factor over logit_hist): summed here as
+        // sum_hist e * factor * x, scaled by the pool's 1 / sum below.
+        float sh[2] = {0.0f, 0.0f}, sc[2] = {0.0f, 0.0f}, hist_products[2] = {0.0f, 0.0f};
 #pragma unroll
-            for (unsigned j = 0; j < SRC_TILES; ++j) {
-                if (j * 8 < n_src) {
+        for (unsigned j = 0; j < SRC_TILES; ++j) {
+            if (j * 8 < n_src) {
 #pragma unroll
-                    for (unsigned e = 0; e < 2; ++e) {
-                        const unsigned s = j * 8 + 2 * t4 + e;
-                        const bool hist = s < n_hist;
-                        float x = lacc[j][2 * r + e] * (hist ? logit_hist : logit_ctx);
-                        if (has_bias) x += logit_bias[s];
-                        if (s >= n_src) x = -INFINITY;
-                        lacc[j][2 * r + e] = x;
-                        if (hist) mh = fmaxf(mh, x);
-                        else mc = fmaxf(mc, x);
+                for (unsigned e = 0; e < 2; ++e) {
+                    const unsigned s = j * 8 + 2 * t4 + e;
+                    const bool hist = s < n_hist, source = s < n_src;
+                    const float factor = logit_products && hist ? product_factor[s] : 0.0f;
+#pragma unroll
+                    for (unsigned r = 0; r < 2; ++r) {
+                        const float x = lacc[j][2 * r + e];
+                        // Past the sources x is -inf: weight 0 (the pools' maxima are finite).
+                        const float w = source ? __expf(x - (hist ? mh[r] : mc[r])) : 0.0f;
+                        lacc[j][2 * r + e] = w;
+                        if (hist) {
+                            sh[r] += w;
+                            hist_products[r] = fmaf(w * factor, x, hist_products[r]);
+                        } else {
+                            sc[r] += w;
+                        }
                     }
                 }
             }
-            mh = fmaxf(mh, __shfl_xor_sync(0xffffffffu, mh, 1));
-            mh = fmaxf(mh, __shfl_xor_sync(0xffffffffu, mh, 2));
-            mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, 1));
-            mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, 2));
-            float sh = 0.0f, sc = 0.0f;
+        }
+        float hist_scale[2], ctx_scale[2], contribution[2];
 #pragma unroll
-            for (unsigned j = 0; j < SRC_TILES; ++j) {
-                if (j * 8 < n_src) {
+        for (unsigned r = 0; r < 2; ++r) {
+            sh[r] += __shfl_xor_sync(0xffffffffu, sh[r], 1);
+            sh[r] += __shfl_xor_sync(0xffffffffu, sh[r], 2);
+            sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 1);
+            sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 2);
+            hist_scale[r] = sh[r] > 0.0f ? hist_mass / sh[r] : 0.0f;
+            ctx_scale[r] = sc[r] > 0.0f ? ctx_mass / sc[r] : 0.0f;
+            // This lane's share; the quads are summed at the end.
+            contribution[r] = hist_scale[r] * hist_products[r];
+        }
 #pragma unroll
-                    for (unsigned e = 0; e < 2; ++e) {
-                        const unsigned s = j * 8 + 2 * t4 + e;
-                        const bool hist = s < n_hist;
-                        // exp(-inf - finite) = 0 past the sources; the pool's max is finite.
-                        const float x = s < n_src ? __expf(lacc[j][2 * r + e] - (hist ? mh : mc))
-                                                  : 0.0f;
-                        lacc[j][2 * r + e] = x;
-                        if (hist) sh += x;
-                        else sc += x;
-                    }
-                }
-            }
-            sh += __shfl_xor_sync(0xffffffffu, sh, 1);
-            sh += __shfl_xor_sync(0xffffffffu, sh, 2);
-            sc += __shfl_xor_sync(0xffffffffu, sc, 1);
-            sc += __shfl_xor_sync(0xffffffffu, sc, 2);
-            const float hist_scale = sh > 0.0f ? hist_mass / sh : 0.0f;
-            const float ctx_scale = sc > 0.0f ? ctx_mass / sc : 0.0f;
+        for (unsigned j = 0; j < SRC_TILES; ++j) {
+            if (j * 8 < n_src) {
 #pragma unroll
-            for (unsigned j = 0; j < SRC_TILES; ++j) {
-                if (j * 8 < n_src) {
+                for (unsigned e = 0; e < 2; ++e) {
+                    const bool hist = j * 8 + 2 * t4 + e < n_hist;
 #pragma unroll
-                    for (unsigned e = 0; e < 2; ++e) {
-                        const unsigned s = j * 8 + 2 * t4 + e;
-                        const float w =
-                            lacc[j][2 * r + e] * (s < n_hist ? hist_scale : ctx_scale);
+                    for (unsigned r = 0; r < 2; ++r) {
+                        const float w = lacc[j][2 * r + e] * (hist ? hist_scale[r] : ctx_scale[r]);
                         lacc[j][2 * r + e] = w;
                         attr[j][2 * r + e] += w;
                     }
@@ -846,11 +874,13 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
             }
         }
         // Value products one pair of source tiles at a time, consumed at once (few live
-        // accumulators): contribution = sum_s w * product_factor[s] * U[c].V[s].
-        float contribution[2] = {0.0f, 0.0f};
+        // accumulators): contribution += w * product_factor[s] * U[c].V[s]; with
+        // logit_products only the pairs that hold context sources.
+        const unsigned first_pair = logit_products ? n_hist / 16 : 0u;
 #pragma unroll
         for (unsigned pair = 0; pair < SRC_TILES / 2; ++pair) {
             if (pair * 16 >= n_src) break;
+            if (pair < first_pair) continue;
             float pacc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             const unsigned s_b = pair * 16 + b_row;
             const __half* vb =
@@ -867,11 +897,16 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
                 const unsigned j = 2 * pair + half_tile;
 #pragma unroll
                 for (unsigned e = 0; e < 2; ++e) {
-                    // Zero weight past the sources: the factor needs no mask.
-                    const float factor = product_factor[j * 8 + 2 * t4 + e];
+                    const unsigned s = j * 8 + 2 * t4 + e;
+                    // Zero weight past the sources: no mask. History sources were summed
+                    // from their logits with logit_products.
+                    const float factor =
+                        logit_products && s < n_hist ? 0.0f : product_factor[s];
 #pragma unroll
                     for (unsigned r = 0; r < 2; ++r)
-                        contribution[r] += lacc[j][2 * r + e] * factor * pacc[half_tile][2 * r + e];
+                        contribution[r] =
+                            fmaf(lacc[j][2 * r + e] * factor, pacc[half_tile][2 * r + e],
+                                 contribution[r]);
                 }
             }
         }
