@@ -4,6 +4,7 @@
 //
 // Per head the logits and value products are small matrix products (candidates x head
 // width x sources), done on the tensor cores with WMMA (fp16 operands, fp32 accumulation).
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
@@ -55,6 +56,14 @@ struct RerankParams {
     unsigned slots;
     float* final_scores;
     float* attributions;
+    // rerank_fused only (the kernels above ignore them): results per query, FUSED_SHARE_*
+    // flags, source rows per shared buffer (the batch's most sources rounded up to 16), and
+    // the selected results [n, results] ([n, results, slots] attributions).
+    unsigned results, flags, src_rows, pad;
+    unsigned* out_ids;
+    float* out_scores;
+    float* out_retrieval;
+    float* out_attributions;
 };
 
 // Grid (n, ceil(reranked / CHUNK), parts), WARPS * 32 threads. Dynamic shared memory:
@@ -532,4 +541,494 @@ rerank_select(const float* __restrict__ final_scores, const float* __restrict__ 
         }
         out_attributions[((size_t)q * results + r) * slots + s] = value;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// rerank_fused / rerank_fused_cluster: the whole rerank of one query in one block or one
+// cluster of blocks (reranked <= FUSED_MAX_CAND), attention and selection, with no
+// intermediate global arrays.
+//
+// Grid (n), FUSED_WARPS * 32 threads; warp w owns candidates 16w .. 16w + 15. Per head the
+// rows go global -> shared by cp.async with no conversion pass, into two buffers: head
+// h + 1's rows land in one while head h computes from the other. The scalar factors
+// are applied to the fp32 accumulators instead of the fp16 rows:
+//   logit(c, s)   = inv_sqrt_hd * kf[s] * ((1 - beta) q_scale Q[c].K[s] + beta pf_scale PF.K[s])
+//   product(c, s) = v_scale * vf[s] * U[c].V[s]
+// with kf = k_scale, vf = gate_s * v_scale for history sources and kf = vf = 1 for context
+// phrases (their rows are the host-rounded operands themselves). The products are
+// mma.sync m16n8k16 (fp16 operands from ldmatrix, fp32 accumulators): a candidate row's
+// values of an n8 source tile live in one lane quad, so the two-pool softmax, the
+// contribution and the attributions stay in registers (quad shuffles), the attributions
+// accumulating over the heads. Finally the block sorts its final scores (bitonic, keys as
+// in rerank_select) and writes only the `results` winners.
+//
+// FUSED_SHARE_QV: q_table == v_table, a candidate's query and value rows are one row
+// (loaded once). FUSED_SHARE_KV: k_table == v_table, a history source's key and value rows
+// are one row. The untrained weights use the item table for all three: half the gathers.
+//
+// Dynamic shared memory (fused_shared_bytes on the Rust side): two buffers of
+// [cand_rows][hdp] Q, [cand_rows][hdp] U (unless shared), [src_rows][hdp] K and V, [hd] PF
+// (after the heads the same bytes hold the attribution sums [cand_rows][src_rows] floats),
+// then the per-query tables of rerank_fused_body.
+#define FUSED_WARPS 8
+#define FUSED_MAX_CAND (FUSED_WARPS * 16)
+#define FUSED_SHARE_QV 1u
+#define FUSED_SHARE_KV 2u
+#define SRC_TILES (MAX_SLOTS / 8)  // n8 source tiles
+#define CLUSTER_BLOCKS 4           // rerank_fused_cluster: blocks (head groups) per query
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const __half* smem_row) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(smem_row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all_groups() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// CLUSTER = false (`rerank_fused`): grid (n), one block runs every head.
+// CLUSTER = true (`rerank_fused_cluster`, small batches, where one block's serial walk over
+// the heads bounds the latency): grid (n, CLUSTER_BLOCKS), a cluster per query; block r runs
+// heads r, r + CLUSTER_BLOCKS, ...; block 0 sums the blocks' attention and attributions
+// through distributed shared memory, sorts and writes.
+template <bool CLUSTER>
+__device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
+    extern __shared__ __align__(32) unsigned char smem[];
+    const unsigned hd = p.dim / p.heads, hdp = hd + 8;  // odd multiple of 16 bytes per row:
+                                                         // ldmatrix rows hit distinct banks
+    const unsigned reranked = p.reranked, cand_rows = (reranked + 15) & ~15u;
+    const unsigned src_rows = p.src_rows;
+    const bool share_qv = (p.flags & FUSED_SHARE_QV) != 0;
+    const bool share_kv = (p.flags & FUSED_SHARE_KV) != 0;
+    const unsigned q_off = 0, u_off = share_qv ? 0 : cand_rows * hdp;
+    const unsigned k_off = cand_rows * hdp * (share_qv ? 1 : 2), v_off = k_off + src_rows * hdp;
+    const unsigned pf_off = v_off + src_rows * hdp, buf_halves = pf_off + hd;
+    __half* rows = reinterpret_cast<__half*>(smem);
+    // After the heads the row buffers hold the attribution sums [cand_rows][src_rows].
+    float* attr_sum = reinterpret_cast<float*>(smem);
+    const unsigned rows_bytes = max(2 * buf_halves * 2, cand_rows * src_rows * 4);
+    unsigned long long* keys = reinterpret_cast<unsigned long long*>(smem + rows_bytes);  // [128]
+    float* product_factor = reinterpret_cast<float*>(keys + FUSED_MAX_CAND);  // [MAX_SLOTS]
+    float* logit_bias = product_factor + MAX_SLOTS;                           // [MAX_SLOTS]
+    unsigned* slot_item = reinterpret_cast<unsigned*>(logit_bias + MAX_SLOTS);  // [MAX_SLOTS]
+    unsigned* cand = slot_item + MAX_SLOTS;                                  // [128]
+    float* cand_score = reinterpret_cast<float*>(cand + FUSED_MAX_CAND);     // [128]
+    float* attention = cand_score + FUSED_MAX_CAND;                          // [128]
+
+    const unsigned q = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+    const unsigned rank = CLUSTER ? blockIdx.y : 0u, head_step = CLUSTER ? CLUSTER_BLOCKS : 1u;
+    // The query's records: independent loads, issued together.
+    const unsigned user = p.q_user[q];
+    const unsigned hist_count = p.q_hist_count[q], hist_begin = p.q_hist_begin[q];
+    const unsigned ctx_begin = p.q_ctx_offsets[q], ctx_end = p.q_ctx_offsets[q + 1];
+    const unsigned n_hist = user == NO_ITEM ? 0u : hist_count;
+    const unsigned n_ctx = ctx_end - ctx_begin;
+    const unsigned n_src = min(n_hist + n_ctx, (unsigned)MAX_SLOTS);
+    const unsigned src16 = (n_src + 15) & ~15u;  // rows the products read (zero past n_src)
+    const float inv_sqrt_hd = rsqrtf((float)hd);
+    const float q_factor = (1.0f - p.beta) * p.q_scale;
+    const bool has_bias = p.beta != 0.0f;
+    // Logit factor of the two pools: context rows are the operands themselves.
+    const float logit_hist = q_factor * inv_sqrt_hd * p.k_scale, logit_ctx = q_factor * inv_sqrt_hd;
+    // One row for a candidate's query and value, one for a history source's key and value,
+    // and no fused-query term (the untrained weights): a history source's value product is
+    // its raw logit, so only the context sources need the value products' MMAs.
+    const bool logit_products = share_qv && share_kv && !has_bias && logit_hist != 0.0f;
+
+    if (t < MAX_SLOTS) {
+        const unsigned s = t;
+        unsigned item = NO_ITEM;
+        float pf = 0.0f;
+        if (s < n_hist) {
+            const size_t at = (size_t)user * p.table_hist_len + hist_begin + s;
+            item = p.hist_items[at];
+            const float gate = p.gate_offset + p.gate_slope * (p.hist_ratings[at] - 3.0f) * 0.5f;
+            pf = p.v_scale * gate * p.v_scale;
+            if (logit_products) pf /= logit_hist;  // applied to the scaled logit
+        } else if (s < n_src) {
+            item = p.q_ctx_rows[ctx_begin + s - n_hist];
+            pf = p.v_scale;
+        }
+        slot_item[s] = item;
+        product_factor[s] = pf;
+        logit_bias[s] = 0.0f;
+    } else if (t < MAX_SLOTS + FUSED_MAX_CAND) {
+        const unsigned c = t - MAX_SLOTS;
+        unsigned item = NO_ITEM;
+        float score = -INFINITY;
+        if (c < reranked) {
+            item = p.cand_ids[(size_t)q * p.cand_stride + c];
+            score = p.cand_scores[(size_t)q * p.cand_stride + c];
+        }
+        cand[c] = item;
+        cand_score[c] = score;
+        attention[c] = 0.0f;
+    }
+    __syncthreads();
+
+    // cp.async of head h's rows into buffer b (zero-filled past the sources / candidates).
+    // Thread t copies 16-byte chunk t % chunks of rows t / chunks + k * rows_per_pass.
+    const unsigned chunks = hd >> 3, rows_per_pass = blockDim.x / chunks;
+    const unsigned my_row = t / chunks, my_col = (t % chunks) * 8;
+    auto load_head = [&](unsigned h, unsigned b) {
+        if (my_row >= rows_per_pass) return;
+        __half* buf = rows + b * buf_halves;
+        const unsigned col = h * hd + my_col;
+        for (unsigned c = my_row; c < cand_rows; c += rows_per_pass) {
+            const unsigned item = cand[c];
+            const bool valid = item != NO_ITEM;
+            const size_t at = valid ? (size_t)item * p.dim + col : 0;
+            const unsigned bytes = valid ? 16u : 0u;
+            cp_async16(buf + q_off + c * hdp + my_col, p.q_table + at, bytes);
+            if (!share_qv) cp_async16(buf + u_off + c * hdp + my_col, p.v_table + at, bytes);
+        }
+        for (unsigned s = my_row; s < src16; s += rows_per_pass) {
+            const bool hist = s < n_hist, source = s < n_src;
+            const size_t at = source ? (size_t)slot_item[s] * p.dim + col : 0;
+            const unsigned bytes = source ? 16u : 0u;
+            cp_async16(buf + k_off + s * hdp + my_col, (hist ? p.k_table : p.ctx_keys) + at,
+                       bytes);
+            if (!(hist && share_kv))
+                cp_async16(buf + v_off + s * hdp + my_col,
+                           (hist ? p.v_table : p.ctx_values) + at, bytes);
+        }
+        if (has_bias && my_row == 0)
+            cp_async16(buf + pf_off + my_col, p.pf + (size_t)q * p.dim + col, 16u);
+    };
+
+    // Lane layout of the m16n8 accumulators: rows g and g + 8 of the warp's tile, source
+    // columns 2 * t4 and 2 * t4 + 1 of every n8 tile.
+    const unsigned g = lane >> 2, t4 = lane & 3;
+    const bool warp_active = warp * 16 < reranked;
+    float attr[SRC_TILES][4];  // attribution sums over this block's heads, same layout
+#pragma unroll
+    for (unsigned j = 0; j < SRC_TILES; ++j)
+#pragma unroll
+        for (unsigned e = 0; e < 4; ++e) attr[j][e] = 0.0f;
+    float att[2] = {0.0f, 0.0f};  // attention of rows g and g + 8
+
+    const float hist_mass = n_hist > 0 ? (n_ctx > 0 ? 1.0f - p.context_share : 1.0f) : 0.0f;
+    const float ctx_mass = n_ctx > 0 ? (n_hist > 0 ? p.context_share : 1.0f) : 0.0f;
+
+    if (n_src > 0 && rank < p.heads) {
+        load_head(rank, 0);
+        cp_async_commit();
+    }
+    for (unsigned h = rank, b = 0; h < p.heads && n_src > 0; h += head_step, b ^= 1) {
+        const __half* buf = rows + b * buf_halves;
+        // Head h's rows have landed, and every warp is done with the previous head's
+        // buffer: the next head's rows go there while this head computes.
+        cp_async_wait_all_groups();
+        __syncthreads();
+        if (h + head_step < p.heads) {
+            load_head(h + head_step, b ^ 1);
+            cp_async_commit();
+        }
+
+        // A fragments: rows (lane & 15), k offset 8 * (lane >> 4). B rows of an x4 load:
+        // sources (lane & 7) + 8 * (lane >> 4) of a pair of n8 tiles, k offset
+        // 8 * ((lane >> 3) & 1).
+        const __half* qa = buf + q_off + (warp * 16 + (lane & 15)) * hdp + (lane >> 4) * 8;
+        const __half* ua = buf + u_off + (warp * 16 + (lane & 15)) * hdp + (lane >> 4) * 8;
+        const unsigned b_row = (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) * 8;
+        float lacc[SRC_TILES][4];
+#pragma unroll
+        for (unsigned j = 0; j < SRC_TILES; ++j)
+#pragma unroll
+            for (unsigned e = 0; e < 4; ++e) lacc[j][e] = 0.0f;
+        if (warp_active) {
+            for (unsigned kk = 0; kk < hd; kk += 16) {
+                unsigned a[4];
+                ldmatrix_x4(a, qa + kk);
+#pragma unroll
+                for (unsigned pair = 0; pair < SRC_TILES / 2; ++pair) {
+                    if (pair * 16 < n_src) {
+                        unsigned bk[4];
+                        ldmatrix_x4(bk, buf + k_off + (pair * 16 + b_row) * hdp + kk + b_col);
+                        mma_16816(lacc[2 * pair], a, bk[0], bk[1]);
+                        mma_16816(lacc[2 * pair + 1], a, bk[2], bk[3]);
+                    }
+                }
+            }
+        }
+        if (has_bias) {
+            // beta pf_scale PF.K[s] times the source's logit factor, 4 lanes per source.
+            const unsigned s = t >> 2, part = t & 3, span = hd >> 2;
+            float dot = 0.0f;
+            if (s < n_src) {
+                const __half* kr = buf + k_off + s * hdp + part * span;
+                const __half* fr = buf + pf_off + part * span;
+                for (unsigned d = 0; d < span; d += 2) {
+                    const float2 kv = __half22float2(*reinterpret_cast<const __half2*>(kr + d));
+                    const float2 fv = __half22float2(*reinterpret_cast<const __half2*>(fr + d));
+                    dot = fmaf(kv.x, fv.x, fmaf(kv.y, fv.y, dot));
+                }
+            }
+            dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+            dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+            if (s < MAX_SLOTS && part == 0) {
+                const float kf = s < n_hist ? inv_sqrt_hd * p.k_scale : inv_sqrt_hd;
+                logit_bias[s] = s < n_src ? kf * p.beta * p.pf_scale * dot : 0.0f;
+            }
+            __syncthreads();
+        }
+        if (!warp_active) continue;
+
+        // Two-pool softmax of rows g and g + 8 (r = 0, 1); the weights replace the logits.
+        // Tiles past the sources are skipped as a whole (a uniform branch), columns past
+        // them masked; a column's predicates serve both rows.
+        float mh[2] = {-INFINITY, -INFINITY}, mc[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (unsigned j = 0; j < SRC_TILES; ++j) {
+            if (j * 8 < n_src) {
+#pragma unroll
+                for (unsigned e = 0; e < 2; ++e) {
+                    const unsigned s = j * 8 + 2 * t4 + e;
+                    const bool hist = s < n_hist, source = s < n_src;
+                    const float factor = hist ? logit_hist : logit_ctx;
+                    const float bias = has_bias ? logit_bias[s] : 0.0f;
+#pragma unroll
+                    for (unsigned r = 0; r < 2; ++r) {
+                        const float x = source ? fmaf(lacc[j][2 * r + e], factor, bias) : -INFINITY;
+                        lacc[j][2 * r + e] = x;
+                        if (hist) mh[r] = fmaxf(mh[r], x);
+                        else mc[r] = fmaxf(mc[r], x);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (unsigned r = 0; r < 2; ++r) {
+            mh[r] = fmaxf(mh[r], __shfl_xor_sync(0xffffffffu, mh[r], 1));
+            mh[r] = fmaxf(mh[r], __shfl_xor_sync(0xffffffffu, mh[r], 2));
+            mc[r] = fmaxf(mc[r], __shfl_xor_sync(0xffffffffu, mc[r], 1));
+            mc[r] = fmaxf(mc[r], __shfl_xor_sync(0xffffffffu, mc[r], 2));
+        }
+        // With logit_products a history source's value product is its logit over
+        // logit_hist (product_factor holds the factor over logit_hist): summed here as
+        // sum_hist e * factor * x, scaled by the pool's 1 / sum below.
+        float sh[2] = {0.0f, 0.0f}, sc[2] = {0.0f, 0.0f}, hist_products[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (unsigned j = 0; j < SRC_TILES; ++j) {
+            if (j * 8 < n_src) {
+#pragma unroll
+                for (unsigned e = 0; e < 2; ++e) {
+                    const unsigned s = j * 8 + 2 * t4 + e;
+                    const bool hist = s < n_hist, source = s < n_src;
+                    const float factor = logit_products && hist ? product_factor[s] : 0.0f;
+#pragma unroll
+                    for (unsigned r = 0; r < 2; ++r) {
+                        const float x = lacc[j][2 * r + e];
+                        // Past the sources x is -inf: weight 0 (the pools' maxima are finite).
+                        const float w = source ? __expf(x - (hist ? mh[r] : mc[r])) : 0.0f;
+                        lacc[j][2 * r + e] = w;
+                        if (hist) {
+                            sh[r] += w;
+                            hist_products[r] = fmaf(w * factor, x, hist_products[r]);
+                        } else {
+                            sc[r] += w;
+                        }
+                    }
+                }
+            }
+        }
+        float hist_scale[2], ctx_scale[2], contribution[2];
+#pragma unroll
+        for (unsigned r = 0; r < 2; ++r) {
+            sh[r] += __shfl_xor_sync(0xffffffffu, sh[r], 1);
+            sh[r] += __shfl_xor_sync(0xffffffffu, sh[r], 2);
+            sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 1);
+            sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 2);
+            hist_scale[r] = sh[r] > 0.0f ? hist_mass / sh[r] : 0.0f;
+            ctx_scale[r] = sc[r] > 0.0f ? ctx_mass / sc[r] : 0.0f;
+            // This lane's share; the quads are summed at the end.
+            contribution[r] = hist_scale[r] * hist_products[r];
+        }
+#pragma unroll
+        for (unsigned j = 0; j < SRC_TILES; ++j) {
+            if (j * 8 < n_src) {
+#pragma unroll
+                for (unsigned e = 0; e < 2; ++e) {
+                    const bool hist = j * 8 + 2 * t4 + e < n_hist;
+#pragma unroll
+                    for (unsigned r = 0; r < 2; ++r) {
+                        const float w = lacc[j][2 * r + e] * (hist ? hist_scale[r] : ctx_scale[r]);
+                        lacc[j][2 * r + e] = w;
+                        attr[j][2 * r + e] += w;
+                    }
+                }
+            }
+        }
+        // Value products one pair of source tiles at a time, consumed at once (few live
+        // accumulators): contribution += w * product_factor[s] * U[c].V[s]; with
+        // logit_products only the pairs that hold context sources.
+        const unsigned first_pair = logit_products ? n_hist / 16 : 0u;
+#pragma unroll
+        for (unsigned pair = 0; pair < SRC_TILES / 2; ++pair) {
+            if (pair * 16 >= n_src) break;
+            if (pair < first_pair) continue;
+            float pacc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            const unsigned s_b = pair * 16 + b_row;
+            const __half* vb =
+                buf + ((share_kv && s_b < n_hist) ? k_off : v_off) + s_b * hdp + b_col;
+            for (unsigned kk = 0; kk < hd; kk += 16) {
+                unsigned u[4], bv[4];
+                ldmatrix_x4(u, (share_qv ? qa : ua) + kk);
+                ldmatrix_x4(bv, vb + kk);
+                mma_16816(pacc[0], u, bv[0], bv[1]);
+                mma_16816(pacc[1], u, bv[2], bv[3]);
+            }
+#pragma unroll
+            for (unsigned half_tile = 0; half_tile < 2; ++half_tile) {
+                const unsigned j = 2 * pair + half_tile;
+#pragma unroll
+                for (unsigned e = 0; e < 2; ++e) {
+                    const unsigned s = j * 8 + 2 * t4 + e;
+                    // Zero weight past the sources: no mask. History sources were summed
+                    // from their logits with logit_products.
+                    const float factor =
+                        logit_products && s < n_hist ? 0.0f : product_factor[s];
+#pragma unroll
+                    for (unsigned r = 0; r < 2; ++r)
+                        contribution[r] =
+                            fmaf(lacc[j][2 * r + e] * factor, pacc[half_tile][2 * r + e],
+                                 contribution[r]);
+                }
+            }
+        }
+#pragma unroll
+        for (unsigned r = 0; r < 2; ++r) {
+            float c = contribution[r];
+            c += __shfl_xor_sync(0xffffffffu, c, 1);
+            c += __shfl_xor_sync(0xffffffffu, c, 2);
+            att[r] += c;
+        }
+    }
+
+    // This block's attention and attribution sums to shared memory (the row buffers are
+    // free once every warp is past its last head).
+    __syncthreads();
+    if (warp_active) {
+        if (t4 == 0) {
+            attention[warp * 16 + g] = att[0];
+            attention[warp * 16 + g + 8] = att[1];
+        }
+#pragma unroll
+        for (unsigned r = 0; r < 2; ++r) {
+            float* row = attr_sum + (warp * 16 + g + 8 * r) * src_rows;
+#pragma unroll
+            for (unsigned j = 0; j < SRC_TILES; ++j)
+                if (j * 8 < src_rows) {
+                    row[j * 8 + 2 * t4] = attr[j][2 * r];
+                    row[j * 8 + 2 * t4 + 1] = attr[j][2 * r + 1];
+                }
+        }
+    }
+    namespace cg = cooperative_groups;
+    if constexpr (CLUSTER) {
+        // Every block's sums are written and visible cluster-wide; block 0 adds the others'
+        // attention to its own (attributions are added for the winners only, below).
+        cg::this_cluster().sync();
+        if (rank == 0 && t < reranked) {
+            float sum = attention[t];
+            for (unsigned other = 1; other < CLUSTER_BLOCKS; ++other)
+                sum += cg::this_cluster().map_shared_rank(attention, other)[t];
+            attention[t] = sum;
+        }
+    }
+    __syncthreads();
+
+    if (rank == 0) {
+        // Final scores -> sort keys (score key, 22-bit inverted item id, 10-bit position).
+        unsigned padded = 32;
+        while (padded < reranked) padded <<= 1;
+        unsigned long long v = 0;
+        if (t < reranked) {
+            const unsigned item = cand[t];
+            const float r = cand_score[t];
+            const float score =
+                n_src == 0 ? r : p.w_retrieval * r + p.w_attention * attention[t] + p.bias;
+            attention[t] = score;  // the final score from here on
+            if (item != NO_ITEM && score != -INFINITY)
+                v = ((unsigned long long)float_key(score) << 32) |
+                    ((unsigned long long)(0x3fffffu - (item & 0x3fffffu)) << 10) | t;
+        }
+        // Bitonic sort, descending, one key per thread of the first `padded` (<= 128).
+        for (unsigned size = 2; size <= padded; size <<= 1) {
+            for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+                unsigned long long other;
+                if (stride >= 32) {
+                    __syncthreads();
+                    if (t < padded) keys[t] = v;
+                    __syncthreads();
+                    other = t < padded ? keys[t ^ stride] : 0ull;
+                } else {
+                    other = __shfl_xor_sync(0xffffffffu, v, stride);
+                }
+                const bool descending = (t & size) == 0, lower = (t & stride) == 0;
+                v = (lower == descending) ? (v > other ? v : other) : (v < other ? v : other);
+            }
+        }
+        __syncthreads();
+        if (t < padded) keys[t] = v;
+        __syncthreads();
+
+        for (unsigned i = t; i < p.results; i += blockDim.x) {
+            const unsigned long long key = i < padded ? keys[i] : 0ull;
+            const size_t out = (size_t)q * p.results + i;
+            if (key == 0) {
+                p.out_ids[out] = NO_ITEM;
+                p.out_scores[out] = -INFINITY;
+                p.out_retrieval[out] = -INFINITY;
+            } else {
+                const unsigned at = (unsigned)(key & 1023u);
+                p.out_ids[out] = cand[at];
+                p.out_scores[out] = attention[at];
+                p.out_retrieval[out] = cand_score[at];
+            }
+        }
+        // The winners' attribution rows (mean over the heads; zero past the sources and
+        // for padding), summed over the cluster's blocks.
+        const float inv_heads = 1.0f / (float)p.heads;
+        for (unsigned i = t; i < p.results * p.slots; i += blockDim.x) {
+            const unsigned r = i / p.slots, s = i % p.slots;
+            const unsigned long long key = r < padded ? keys[r] : 0ull;
+            float value = 0.0f;
+            if (key != 0 && s < n_src) {
+                const unsigned at = (unsigned)(key & 1023u) * src_rows + s;
+                value = attr_sum[at];
+                if constexpr (CLUSTER)
+                    for (unsigned other = 1; other < CLUSTER_BLOCKS; ++other)
+                        value += cg::this_cluster().map_shared_rank(attr_sum, other)[at];
+                value *= inv_heads;
+            }
+            p.out_attributions[(size_t)q * p.results * p.slots + i] = value;
+        }
+    }
+    // The other blocks' shared memory stays alive until block 0 has read it.
+    if constexpr (CLUSTER) cg::this_cluster().sync();
+}
+
+extern "C" __global__ void __launch_bounds__(FUSED_WARPS * 32, 2)
+rerank_fused(const RerankParams p) {
+    rerank_fused_body<false>(p);
+}
+
+extern "C" __global__ void __cluster_dims__(1, CLUSTER_BLOCKS, 1)
+__launch_bounds__(FUSED_WARPS * 32, 2) rerank_fused_cluster(const RerankParams p) {
+    rerank_fused_body<true>(p);
 }

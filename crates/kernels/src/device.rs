@@ -103,6 +103,8 @@ pub(crate) struct Kernels {
     pub rerank_attend: CudaFunction,
     pub rerank_attend_async: CudaFunction,
     pub rerank_select: CudaFunction,
+    pub rerank_fused: CudaFunction,
+    pub rerank_fused_cluster: CudaFunction,
     pub gather_rows: CudaFunction,
     pub quantize_rows: CudaFunction,
     pub mask_diagonal: CudaFunction,
@@ -192,6 +194,8 @@ fn preload_cuda_libraries() {
 pub(crate) const TOPK_MAX_SHARED_BYTES: usize = 227 * 1024;
 /// Dynamic shared memory the rerank kernel may use.
 pub(crate) const RERANK_MAX_SHARED_BYTES: usize = 200 * 1024;
+/// Dynamic shared memory `rerank_fused` may use (the H100's per-block maximum).
+pub(crate) const RERANK_FUSED_MAX_SHARED_BYTES: usize = 227 * 1024;
 
 impl Kernels {
     fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
@@ -232,6 +236,8 @@ impl Kernels {
             rerank_attend: function("rerank", "rerank_attend")?,
             rerank_attend_async: function("rerank", "rerank_attend_async")?,
             rerank_select: function("rerank", "rerank_select")?,
+            rerank_fused: function("rerank", "rerank_fused")?,
+            rerank_fused_cluster: function("rerank", "rerank_fused_cluster")?,
             gather_rows: function("cache", "gather_rows")?,
             quantize_rows: function("cache", "quantize_rows")?,
             mask_diagonal: function("cache", "mask_diagonal")?,
@@ -248,6 +254,8 @@ impl Kernels {
             (&kernels.topk_filter_batch, TOPK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend, RERANK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend_async, RERANK_MAX_SHARED_BYTES),
+            (&kernels.rerank_fused, RERANK_FUSED_MAX_SHARED_BYTES),
+            (&kernels.rerank_fused_cluster, RERANK_FUSED_MAX_SHARED_BYTES),
         ] {
             kernel
                 .set_attribute(

@@ -48,7 +48,10 @@ pub use fusion::{CudaFusion, plan_members};
 #[cfg(feature = "cuda")]
 pub use path::GpuPath;
 #[cfg(feature = "cuda")]
-pub use rerank::{CudaRerank, MAX_RERANKED, MAX_SLOTS, RerankKernel, fill_sources, plan_sources};
+pub use rerank::{
+    CLUSTER_MAX_BATCH, CudaRerank, FUSED_MAX_RERANKED, MAX_RERANKED, MAX_SLOTS, RerankKernel,
+    fill_sources, plan_sources,
+};
 #[cfg(feature = "cuda")]
 pub use similarity::{
     CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, score_all_items,

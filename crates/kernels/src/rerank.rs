@@ -10,7 +10,9 @@ use hyperrec_catalog::{SharedUsers, UserTable};
 use hyperrec_rerank::{ContextVocabulary, PhraseTable, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Event, Request, RequestNotes, Source, Stage, StageError};
 
-use crate::device::{Cuda, CudaBuffer, RERANK_MAX_SHARED_BYTES, arg};
+use crate::device::{
+    Cuda, CudaBuffer, RERANK_FUSED_MAX_SHARED_BYTES, RERANK_MAX_SHARED_BYTES, arg,
+};
 use crate::{CudaError, MemoryReport, NO_ITEM, SharedTables};
 
 /// Sources (history items + context phrases) one query may attend over on the GPU.
@@ -24,8 +26,10 @@ const CHUNK: usize = 64;
 /// heads, not the GPU's width, bounds the latency.
 const SPLIT_HEADS_BATCH: usize = 8;
 
-/// The two builds of the attention kernel (`cuda/rerank.cu`); both compute bit-identical
-/// results.
+/// The builds of the rerank kernels (`cuda/rerank.cu`). `Staged` and `Async` compute
+/// bit-identical results (attention, then `rerank_select`); `Fused` applies the scalar
+/// factors to fp32 accumulators instead of fp16 operands, so it agrees with them (and the
+/// CPU stage) within the fp16 tolerance, not bit for bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RerankKernel {
     /// `rerank_attend`: rows staged in registers; ~110 KB shared, 2 blocks per SM.
@@ -33,7 +37,33 @@ pub enum RerankKernel {
     /// `rerank_attend_async`: rows copied to shared memory by cp.async, logits overlaying
     /// them; ~71 KB shared, 3 blocks per SM.
     Async,
+    /// `rerank_fused`: one block per query does the attention over every head and the
+    /// selection (up to [`FUSED_MAX_RERANKED`] candidates); the default where it applies,
+    /// beyond [`CLUSTER_MAX_BATCH`] queries. Fixed with [`CudaRerank::set_kernel`] for a
+    /// batch it cannot take, the two-kernel path's automatic choice runs instead.
+    Fused,
+    /// `rerank_fused_cluster`: as `Fused`, with a cluster of 4 blocks per query, each
+    /// running a quarter of the heads, summed through distributed shared memory: the
+    /// default up to [`CLUSTER_MAX_BATCH`] queries, where one block's serial walk over the
+    /// heads, not the GPU's width, bounds the latency.
+    FusedCluster,
 }
+
+/// Batches up to this size run `rerank_fused_cluster` (4 blocks per query, 2 per SM: up to
+/// 64 queries fill one wave of the H100's 132 SMs); larger ones `rerank_fused`.
+pub const CLUSTER_MAX_BATCH: usize = 64;
+/// Blocks per query of `rerank_fused_cluster` (`CLUSTER_BLOCKS` in `cuda/rerank.cu`).
+const CLUSTER_BLOCKS: u32 = 4;
+
+/// Candidates `rerank_fused` handles: one 16-row tile per warp of its 8 warps.
+pub const FUSED_MAX_RERANKED: usize = 128;
+/// Threads of a `rerank_fused` block.
+const FUSED_THREADS: u32 = 256;
+/// `RerankParams::flags` bits of `rerank_fused`: the query and value tables are one table
+/// (a candidate's row is gathered once for both), and the key and value tables are one
+/// table (a history source's row likewise).
+const FUSED_SHARE_QV: u32 = 1;
+const FUSED_SHARE_KV: u32 = 2;
 
 /// Blocks of `rerank_attend` (2 per SM) that the H100's 132 SMs run in one wave. Beyond one
 /// wave the async build's third block per SM pays (batch 1000: 372 -> 305 us); within one
@@ -41,8 +71,9 @@ pub enum RerankKernel {
 /// (batch 1 / 10 / 100 paths: 76.6 / 105.5 / 122.3 us vs 77.9 / 112.6 / 124.5, gpu5).
 const STAGED_WAVE_BLOCKS: usize = 2 * 132;
 
-/// The build of the attention kernel for a grid of `blocks` blocks.
-fn auto_kernel(blocks: usize) -> RerankKernel {
+/// The build of the two-kernel path (attention + `rerank_select`) for an attention grid of
+/// `blocks` blocks.
+fn auto_split_kernel(blocks: usize) -> RerankKernel {
     if blocks > STAGED_WAVE_BLOCKS {
         RerankKernel::Async
     } else {
@@ -50,7 +81,65 @@ fn auto_kernel(blocks: usize) -> RerankKernel {
     }
 }
 
-/// Dynamic shared memory of the attention kernel for heads of width `head_dim`.
+/// The build that runs for `n` queries: `fixed` (from [`CudaRerank::set_kernel`]) or the
+/// automatic choice, a fused kernel wherever it can take the batch (`reranked` candidates
+/// per query, its shared memory `fused_bytes` within the limit; the cluster build up to
+/// [`CLUSTER_MAX_BATCH`] queries), otherwise the two-kernel path by grid size
+/// (`split_blocks` attention blocks).
+fn choose_kernel(
+    fixed: Option<RerankKernel>,
+    n: usize,
+    reranked: usize,
+    fused_bytes: usize,
+    split_blocks: usize,
+) -> RerankKernel {
+    use RerankKernel::{Async, Fused, FusedCluster, Staged};
+    let fused_fits = reranked <= FUSED_MAX_RERANKED && fused_bytes <= RERANK_FUSED_MAX_SHARED_BYTES;
+    match fixed {
+        Some(kernel @ (Staged | Async)) => kernel,
+        _ if !fused_fits => auto_split_kernel(split_blocks),
+        Some(kernel) => kernel,
+        None if n <= CLUSTER_MAX_BATCH => FusedCluster,
+        None => Fused,
+    }
+}
+
+/// Dynamic shared memory of both fused builds: two buffers of one head's rows (candidates
+/// rounded up to 16 rows, query and value rows unless `share_qv`; sources rounded up to
+/// 16 rows, key and value rows; the fused query's head slice), which after the heads hold
+/// the attribution sums (`[candidate rows][source rows]` floats, when larger), then the
+/// per-query tables (sort keys; per-source factors, biases and items; per-candidate ids,
+/// retrieval scores and attention).
+fn fused_shared_bytes(head_dim: usize, reranked: usize, slots: usize, share_qv: bool) -> usize {
+    let row = head_dim + 8;
+    let cand_rows = reranked.div_ceil(16) * 16;
+    let src_rows = fused_source_rows(slots);
+    let buffer = (cand_rows * if share_qv { 1 } else { 2 } + 2 * src_rows) * row + head_dim;
+    let rows = (2 * buffer * 2).max(cand_rows * src_rows * 4);
+    let tables = FUSED_MAX_RERANKED * 8 + 3 * MAX_SLOTS * 4 + 3 * FUSED_MAX_RERANKED * 4;
+    rows + tables
+}
+
+/// Source rows of a `rerank_fused` buffer: the batch's most sources, rounded up to the
+/// 16-row source pairs the kernel's tiles read.
+fn fused_source_rows(slots: usize) -> usize {
+    slots.clamp(1, MAX_SLOTS).div_ceil(16) * 16
+}
+
+/// `rerank_fused`'s flags for these (device address) query, key and value tables.
+fn fused_flags(q_table: u64, k_table: u64, v_table: u64) -> u32 {
+    let mut flags = 0;
+    if q_table == v_table {
+        flags |= FUSED_SHARE_QV;
+    }
+    if k_table == v_table {
+        flags |= FUSED_SHARE_KV;
+    }
+    flags
+}
+
+/// Dynamic shared memory of the two-kernel path's attention kernel for heads of width
+/// `head_dim` (`rerank_fused` has [`fused_shared_bytes`]).
 fn rerank_shared_bytes(kernel: RerankKernel, head_dim: usize) -> usize {
     let rest = (CHUNK * (MAX_SLOTS + 1) + CHUNK) * 4 + MAX_SLOTS * 8 + CHUNK * 4;
     let scores = 2 * CHUNK * (MAX_SLOTS + 4) * 4;
@@ -59,7 +148,7 @@ fn rerank_shared_bytes(kernel: RerankKernel, head_dim: usize) -> usize {
             let rows = (2 * MAX_SLOTS + 2 * CHUNK) * (head_dim + 16) * 2;
             rows + scores + rest
         }
-        RerankKernel::Async => {
+        RerankKernel::Async | RerankKernel::Fused | RerankKernel::FusedCluster => {
             let rows = (2 * MAX_SLOTS + 2 * CHUNK) * (head_dim + 8) * 2;
             rows.max(scores) + rest
         }
@@ -257,6 +346,15 @@ struct RerankParams {
     _pad2: u32,
     final_scores: u64,
     attributions: u64,
+    // `rerank_fused` only.
+    results: u32,
+    flags: u32,
+    src_rows: u32,
+    _pad3: u32,
+    out_ids: u64,
+    out_scores: u64,
+    out_retrieval: u64,
+    out_attributions: u64,
 }
 
 /// `Some(alpha)` when `matrix` (`[dim, dim]`) is exactly `alpha` times the identity.
@@ -395,7 +493,7 @@ pub struct CudaRerank {
     /// Per-batch query records (see [`resolve_sources`]), host staging and device copy.
     packed_host: Vec<u32>,
     packed: CudaBuffer<u32>,
-    /// The build of the attention kernel, when fixed (`None`: [`auto_kernel`] by grid size).
+    /// The build of the rerank kernels, when fixed (`None`: [`choose_kernel`] decides).
     kernel: Option<RerankKernel>,
     fused_half: CudaBuffer<u16>,
     projected_fused: CudaBuffer<u16>,
@@ -543,9 +641,10 @@ impl CudaRerank {
         Ok(())
     }
 
-    /// Fixes the build of the attention kernel, or with `None` lets the grid size choose
-    /// (the default). Benchmarks and tests compare the builds; both give bit-identical
-    /// results. The choice is part of the path's graph key, so a change re-captures.
+    /// Fixes the build of the rerank kernels, or with `None` chooses automatically (the
+    /// default: [`RerankKernel::Fused`] where it applies, else the two-kernel path by grid
+    /// size). Benchmarks and tests compare the builds. The choice is part of the path's
+    /// graph key, so a change re-captures.
     #[doc(hidden)]
     pub fn set_kernel(&mut self, kernel: Option<RerankKernel>) {
         self.kernel = kernel;
@@ -604,16 +703,32 @@ impl CudaRerank {
         }
         let tables = self.tables.lock();
         let dim = tables.dim();
+        let items = tables.items();
+        let (q_table, q_scale) = self.query.table(items);
+        let (k_table, k_scale) = self.key.table(items);
+        let (v_table, v_scale) = self.value.table(items);
+        let flags = fused_flags(q_table, k_table, v_table);
+        let fused_bytes = fused_shared_bytes(
+            self.weights.head_dim(),
+            reranked,
+            slots,
+            flags & FUSED_SHARE_QV != 0,
+        );
         let parts = if n <= SPLIT_HEADS_BATCH {
             self.config.heads.max(1)
         } else {
             1
         };
-        cuda.ensure_len(&mut self.final_scores, parts * n * reranked)?;
-        cuda.ensure_len(
-            &mut self.attributions,
-            (parts * n * reranked * slots).max(1),
-        )?;
+        let chunks = reranked.div_ceil(CHUNK);
+        let build = choose_kernel(self.kernel, n, reranked, fused_bytes, n * chunks * parts);
+        let fused = matches!(build, RerankKernel::Fused | RerankKernel::FusedCluster);
+        if !fused {
+            cuda.ensure_len(&mut self.final_scores, parts * n * reranked)?;
+            cuda.ensure_len(
+                &mut self.attributions,
+                (parts * n * reranked * slots).max(1),
+            )?;
+        }
 
         let beta = self.weights.query_fused_mix;
         let (pf, pf_scale) = if beta == 0.0 {
@@ -651,10 +766,6 @@ impl CudaRerank {
                 (None, scale) => (self.fused_half.device_ptr(), scale.unwrap_or(1.0)),
             }
         };
-        let items = tables.items();
-        let (q_table, q_scale) = self.query.table(items);
-        let (k_table, k_scale) = self.key.table(items);
-        let (v_table, v_scale) = self.value.table(items);
         let params = RerankParams {
             cand_ids: batch.candidate_ids.device_ptr(),
             cand_scores: batch.candidate_scores.device_ptr(),
@@ -693,15 +804,42 @@ impl CudaRerank {
             _pad2: 0,
             final_scores: self.final_scores.device_ptr(),
             attributions: self.attributions.device_ptr(),
+            results: results as u32,
+            flags,
+            src_rows: fused_source_rows(slots) as u32,
+            _pad3: 0,
+            out_ids: batch.result_ids.device_ptr(),
+            out_scores: batch.result_scores.device_ptr(),
+            out_retrieval: batch.result_retrieval_scores.device_ptr(),
+            out_attributions: batch.result_attributions.device_ptr(),
         };
         let mut kernel_params = [arg(&params)];
-        let chunks = reranked.div_ceil(CHUNK);
-        let build = self
-            .kernel
-            .unwrap_or_else(|| auto_kernel(n * chunks * parts));
+        if fused {
+            let (kernel, blocks_per_query) = if build == RerankKernel::FusedCluster {
+                (&cuda.kernels.rerank_fused_cluster, CLUSTER_BLOCKS)
+            } else {
+                (&cuda.kernels.rerank_fused, 1)
+            };
+            // SAFETY: `RerankParams` mirrors the kernel's struct; the outputs hold
+            // n * results (* slots) elements (ensured above), every query's sources fit the
+            // `src_rows` rows of a buffer (slots is the batch's most), reranked <=
+            // FUSED_MAX_RERANKED and the shared memory within the limit (choose_kernel);
+            // the cluster build's grid is its compiled cluster shape (1, 4, 1).
+            unsafe {
+                cuda.launch(
+                    kernel,
+                    (n as u32, blocks_per_query, 1),
+                    (FUSED_THREADS, 1, 1),
+                    fused_bytes as u32,
+                    &mut kernel_params,
+                )?;
+            }
+            return Ok(());
+        }
         let kernel = match build {
             RerankKernel::Staged => &cuda.kernels.rerank_attend,
             RerankKernel::Async => &cuda.kernels.rerank_attend_async,
+            RerankKernel::Fused | RerankKernel::FusedCluster => unreachable!("launched above"),
         };
         let shared = rerank_shared_bytes(build, self.weights.head_dim());
         // SAFETY: `RerankParams` mirrors the kernel's struct; every table and staging
@@ -851,10 +989,83 @@ mod tests {
     /// Grids within one wave of the staged build keep it; larger ones take the async one.
     #[test]
     fn automatic_build_follows_the_grid() {
-        assert_eq!(auto_kernel(8), RerankKernel::Staged); // batch 1, heads split
-        assert_eq!(auto_kernel(200), RerankKernel::Staged); // batch 100
-        assert_eq!(auto_kernel(STAGED_WAVE_BLOCKS), RerankKernel::Staged);
-        assert_eq!(auto_kernel(STAGED_WAVE_BLOCKS + 1), RerankKernel::Async);
-        assert_eq!(auto_kernel(2000), RerankKernel::Async); // batch 1000
+        assert_eq!(auto_split_kernel(8), RerankKernel::Staged); // batch 1, heads split
+        assert_eq!(auto_split_kernel(200), RerankKernel::Staged); // batch 100
+        assert_eq!(auto_split_kernel(STAGED_WAVE_BLOCKS), RerankKernel::Staged);
+        assert_eq!(
+            auto_split_kernel(STAGED_WAVE_BLOCKS + 1),
+            RerankKernel::Async
+        );
+        assert_eq!(auto_split_kernel(2000), RerankKernel::Async); // batch 1000
+    }
+
+    /// The fused kernel is the default up to its 128 candidates and within its shared
+    /// memory; beyond, and for a fixed build it cannot run, the two-kernel path by grid.
+    #[test]
+    fn fused_kernel_is_chosen_where_it_applies() {
+        use RerankKernel::{Async, Fused, FusedCluster, Staged};
+        let fits = fused_shared_bytes(96, 100, 30, true);
+        assert_eq!(choose_kernel(None, 1000, 100, fits, 2000), Fused);
+        assert_eq!(
+            choose_kernel(None, CLUSTER_MAX_BATCH + 1, 128, fits, 130),
+            Fused
+        );
+        assert_eq!(
+            choose_kernel(None, CLUSTER_MAX_BATCH, 128, fits, 128),
+            FusedCluster
+        );
+        assert_eq!(choose_kernel(None, 1, 100, fits, 8), FusedCluster);
+        assert_eq!(choose_kernel(None, 1, 129, fits, 12), Staged);
+        assert_eq!(choose_kernel(None, 1000, 200, fits, 4000), Async);
+        let too_big = RERANK_FUSED_MAX_SHARED_BYTES + 1;
+        assert_eq!(choose_kernel(None, 1, 100, too_big, 8), Staged);
+        for fixed in [Fused, FusedCluster] {
+            assert_eq!(choose_kernel(Some(fixed), 1, 200, fits, 16), Staged);
+            assert_eq!(choose_kernel(Some(fixed), 1000, 10, fits, 1000), fixed);
+        }
+        for fixed in [Staged, Async] {
+            assert_eq!(choose_kernel(Some(fixed), 1000, 100, fits, 2000), fixed);
+        }
+    }
+
+    /// Every head width the stage accepts fits the fused kernel at its largest batch shape
+    /// (128 candidates, 64 sources, distinct tables); the seed model's shape (head width 96,
+    /// one table for all three projections) fits two blocks per SM even at 64 sources.
+    #[test]
+    fn shared_memory_of_the_fused_kernel() {
+        for head_dim in (16..=128).step_by(16) {
+            let bytes = fused_shared_bytes(head_dim, FUSED_MAX_RERANKED, MAX_SLOTS, false);
+            assert!(
+                bytes <= RERANK_FUSED_MAX_SHARED_BYTES,
+                "{head_dim}: {bytes}"
+            );
+        }
+        let seed_model = fused_shared_bytes(96, 100, MAX_SLOTS, true);
+        assert!(2 * (seed_model + 1024) <= 227 * 1024, "{seed_model} bytes");
+        // Rows: two buffers of (112 candidate + 2 * 64 source) rows of 104 halves + 96.
+        assert_eq!(seed_model, 2 * 2 * ((112 + 128) * 104 + 96) + 3328);
+        assert!(fused_shared_bytes(96, 100, 30, true) < fused_shared_bytes(96, 100, 30, false));
+        // After the heads the row bytes hold the attribution sums: [128][64] floats at
+        // the narrowest heads.
+        assert_eq!(fused_shared_bytes(16, 128, 64, true), 128 * 64 * 4 + 3328);
+    }
+
+    #[test]
+    fn fused_source_rows_round_up_to_pairs_of_tiles() {
+        assert_eq!(fused_source_rows(0), 16);
+        assert_eq!(fused_source_rows(1), 16);
+        assert_eq!(fused_source_rows(16), 16);
+        assert_eq!(fused_source_rows(27), 32);
+        assert_eq!(fused_source_rows(MAX_SLOTS), MAX_SLOTS);
+    }
+
+    /// One table for all three projections (the untrained weights) shares both gathers;
+    /// trained projections share none.
+    #[test]
+    fn fused_flags_follow_the_table_addresses() {
+        assert_eq!(fused_flags(7, 7, 7), FUSED_SHARE_QV | FUSED_SHARE_KV);
+        assert_eq!(fused_flags(1, 2, 3), 0);
+        assert_eq!(fused_flags(3, 2, 3), FUSED_SHARE_QV);
+        assert_eq!(fused_flags(1, 3, 3), FUSED_SHARE_KV);
     }
 }

@@ -515,9 +515,113 @@ fn random_weights(rng: &mut StdRng, heads: usize) -> hyperrec_rerank::RerankWeig
     weights
 }
 
-/// The GPU rerank on the CPU's own candidates: same result ids wherever final scores differ
-/// by more than the fp16 operands can move them, scores within 1e-2 relative, attributions
-/// within 1e-2.
+/// One `rerank_matches_the_cpu_stage` case.
+struct RerankCase {
+    trained: bool,
+    heads: usize,
+    queries: usize,
+    results: usize,
+    /// Retrieval candidates per query (the similarity stage's).
+    retrieved: usize,
+    /// `RerankConfig::candidates`: reranked = min(retrieved, max(this, results)).
+    rerank_candidates: usize,
+    history_len: usize,
+}
+
+/// The rerank outputs of one GPU run, downloaded.
+struct RerankOutputs {
+    ids: Vec<u32>,
+    scores: Vec<f32>,
+    retrieval: Vec<f32>,
+    attributions: Vec<f32>,
+}
+
+fn rerank_outputs(cuda: &Cuda, batch: &Batch<Cuda>) -> RerankOutputs {
+    RerankOutputs {
+        ids: download(cuda, &batch.result_ids),
+        scores: download(cuda, &batch.result_scores),
+        retrieval: download(cuda, &batch.result_retrieval_scores),
+        attributions: download(cuda, &batch.result_attributions),
+    }
+}
+
+/// Same result ids wherever final scores differ by more than the fp16 operands can move
+/// them, scores within 1e-2 relative, retrieval scores equal, attributions within 1e-2.
+fn assert_rerank_agrees(context: &str, cpu: &Batch<Cpu>, gpu: &RerankOutputs) {
+    let results = cpu.results;
+    for q in 0..cpu.len() {
+        let row = q * results..(q + 1) * results;
+        let cpu_final: std::collections::HashMap<u32, f32> = cpu.result_ids[row.clone()]
+            .iter()
+            .copied()
+            .zip(cpu.result_scores[row.clone()].iter().copied())
+            .collect();
+        let scale = cpu.result_scores[row.clone()]
+            .iter()
+            .filter(|s| s.is_finite())
+            .fold(0.0f32, |m, s| m.max(s.abs()))
+            .max(1e-3);
+        let cut = cpu.result_scores[row.end - 1];
+        for i in row.clone() {
+            let (cpu_id, gpu_id) = (cpu.result_ids[i], gpu.ids[i]);
+            if cpu_id == u32::MAX || gpu_id == u32::MAX {
+                assert_eq!(cpu_id, gpu_id, "{context}: padding at {i}");
+                let slots = cpu.slots;
+                assert!(
+                    gpu.attributions[i * slots..(i + 1) * slots]
+                        .iter()
+                        .all(|&a| a == 0.0),
+                    "{context}: attributions of padding at {i}"
+                );
+                continue;
+            }
+            let tolerance = 1e-2 * scale;
+            assert!(
+                (gpu.scores[i] - cpu.result_scores[i]).abs() <= tolerance || cpu_id != gpu_id,
+                "{context}: query {q} rank {}: score {} vs CPU {}",
+                i - row.start,
+                gpu.scores[i],
+                cpu.result_scores[i]
+            );
+            if cpu_id != gpu_id {
+                // A swap is allowed only between items whose final scores are within tolerance.
+                let gpu_item_cpu_score = cpu_final.get(&gpu_id).copied().unwrap_or(cut);
+                assert!(
+                    (gpu_item_cpu_score - cpu.result_scores[i]).abs() <= tolerance,
+                    "{context}: query {q} rank {}: GPU {gpu_id} vs CPU {cpu_id} ({} vs {})",
+                    i - row.start,
+                    gpu.scores[i],
+                    cpu.result_scores[i]
+                );
+            } else {
+                assert_eq!(
+                    gpu.retrieval[i], cpu.result_retrieval_scores[i],
+                    "{context}: retrieval score"
+                );
+                let slots = cpu.slots;
+                for s in 0..slots {
+                    let (a, b) = (
+                        gpu.attributions[i * slots + s],
+                        cpu.result_attributions[i * slots + s],
+                    );
+                    assert!(
+                        (a - b).abs() <= 1e-2,
+                        "{context}: query {q} rank {} slot {s}: attribution {a} vs {b}",
+                        i - row.start
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The GPU rerank on the CPU's own candidates, every kernel build: the fused kernel (the
+/// two-kernel path where it cannot run: more than 128 reranked candidates) and both builds
+/// of the two-kernel path (bit-identical to each other), each against the CPU stage
+/// ([`assert_rerank_agrees`]). Cases: the seed model's identity weights (one table for all
+/// three projections) and random trained weights (distinct tables, beta != 0), 4 and 6
+/// heads, users without history and queries without context, up to 64 sources, reranked
+/// 10 / 100 / 128 / 200, results 1 / 10 / reranked / more than reranked, 300 queries.
 #[test]
 fn rerank_matches_the_cpu_stage() {
     let Some(cuda) = cuda_or_skip("rerank_matches_the_cpu_stage") else {
@@ -527,16 +631,49 @@ fn rerank_matches_the_cpu_stage() {
     let mut rng = StdRng::seed_from_u64(seed);
     let items = random_items(&mut rng, 4000, DIM);
     let users = random_users(&mut rng, &items, 300, 70);
-    let tables = tables(&cuda, &items, &users);
+    // Device rows long enough for 58 history items + 6 context phrases = 64 sources.
+    let tables = Arc::new(Mutex::new(
+        DeviceTables::new(
+            &cuda,
+            &items,
+            &users.read(),
+            TablesConfig {
+                history_len: 58,
+                ..TablesConfig::default()
+            },
+        )
+        .expect("device tables"),
+    ));
     let vocabulary = random_vocabulary(&mut rng);
-    for (trained, heads, n, k) in [
-        (false, 4, 1, 10),
-        (false, 4, 33, 10),
-        (true, 6, 20, 25),
-        (true, 4, 7, 150),
+    let case =
+        |trained, heads, queries, results, retrieved, rerank_candidates, history_len| RerankCase {
+            trained,
+            heads,
+            queries,
+            results,
+            retrieved,
+            rerank_candidates,
+            history_len,
+        };
+    for case in [
+        case(false, 4, 1, 10, 100, 100, 50),
+        case(false, 4, 33, 1, 100, 10, 50),
+        case(true, 6, 20, 25, 100, 100, 58),
+        case(true, 4, 7, 150, 100, 100, 50),
+        case(true, 4, 5, 128, 128, 128, 50),
+        case(false, 4, 9, 10, 200, 200, 50),
+        case(true, 4, 3, 10, 200, 200, 58),
         // >= 256 queries: the notes' sources are filled on the rayon pool.
-        (true, 4, 300, 10),
+        case(true, 4, 300, 10, 100, 100, 58),
+        case(false, 4, 300, 10, 100, 100, 50),
     ] {
+        let RerankCase {
+            trained,
+            heads,
+            queries: n,
+            results: k,
+            ..
+        } = case;
         let weights = if trained {
             random_weights(&mut rng, heads)
         } else {
@@ -544,9 +681,15 @@ fn rerank_matches_the_cpu_stage() {
         };
         let config = hyperrec_rerank::RerankConfig {
             heads,
+            candidates: case.rerank_candidates,
+            history_len: case.history_len,
             ..Default::default()
         };
-        let context = format!("seed {seed}, trained {trained}, heads {heads}, n {n}, k {k}");
+        let context = format!(
+            "seed {seed}, trained {trained}, heads {heads}, n {n}, k {k}, retrieved {}, \
+             rerank {}, history {}",
+            case.retrieved, case.rerank_candidates, case.history_len
+        );
         let mut requests = random_requests(&mut rng, 300, n, k);
         for (i, request) in requests.iter_mut().enumerate() {
             request.context.time_of_day =
@@ -554,6 +697,10 @@ fn rerank_matches_the_cpu_stage() {
             request.context.social = (i % 2 == 0).then_some(hyperrec_stage::Social::Alone);
             if i % 3 == 1 {
                 request.context.genres = vec!["thriller".into(), "unknown-genre".into()];
+            } else if i % 5 == 2 {
+                request.context.genres = ["thriller", "comedy", "drama", "horror"]
+                    .map(String::from)
+                    .to_vec();
             }
         }
         let queries = random_queries(&mut rng, n, DIM);
@@ -568,7 +715,7 @@ fn rerank_matches_the_cpu_stage() {
             items.clone(),
             users.clone(),
             SimilarityConfig {
-                candidates: 100,
+                candidates: case.retrieved,
                 exclude_seen: true,
             },
         )
@@ -611,97 +758,45 @@ fn rerank_matches_the_cpu_stage() {
             weights,
         )
         .expect("gpu rerank");
-        // Both builds of the attention kernel: bit-identical outputs, then the CPU check.
+
+        // The fused builds (the default up to 128 reranked candidates).
+        for kernel in [
+            hyperrec_kernels::RerankKernel::Fused,
+            hyperrec_kernels::RerankKernel::FusedCluster,
+        ] {
+            rerank.set_kernel(Some(kernel));
+            rerank.run(&cuda, &mut gpu).expect("gpu rerank (fused)");
+            assert_eq!(cpu.slots, gpu.slots, "{context}");
+            for q in 0..n {
+                assert_eq!(
+                    cpu.notes[q].sources, gpu.notes[q].sources,
+                    "{context}: sources of {q}"
+                );
+            }
+            let outputs = rerank_outputs(&cuda, &gpu);
+            assert_rerank_agrees(&format!("{context}, {kernel:?}"), &cpu, &outputs);
+        }
+
+        // The two-kernel path's builds: bit-identical, then the CPU check.
         rerank.set_kernel(Some(hyperrec_kernels::RerankKernel::Staged));
         rerank.run(&cuda, &mut gpu).expect("gpu rerank (staged)");
-        let staged = (
-            download(&cuda, &gpu.result_ids),
-            download(&cuda, &gpu.result_scores),
-            download(&cuda, &gpu.result_attributions),
-        );
+        let staged = rerank_outputs(&cuda, &gpu);
         rerank.set_kernel(Some(hyperrec_kernels::RerankKernel::Async));
         rerank.run(&cuda, &mut gpu).expect("gpu rerank (async)");
-        assert_eq!(staged.0, download(&cuda, &gpu.result_ids), "{context}: ids");
+        let asynchronous = rerank_outputs(&cuda, &gpu);
+        assert_eq!(staged.ids, asynchronous.ids, "{context}: ids");
         let same_bits = |a: &[f32], b: &[f32]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
         };
         assert!(
-            same_bits(&staged.1, &download(&cuda, &gpu.result_scores)),
+            same_bits(&staged.scores, &asynchronous.scores),
             "{context}: scores of the two kernels differ"
         );
         assert!(
-            same_bits(&staged.2, &download(&cuda, &gpu.result_attributions)),
+            same_bits(&staged.attributions, &asynchronous.attributions),
             "{context}: attributions of the two kernels differ"
         );
-        assert_eq!(cpu.slots, gpu.slots, "{context}");
-        let results = cpu.results;
-        let (ids, scores) = (
-            download(&cuda, &gpu.result_ids),
-            download(&cuda, &gpu.result_scores),
-        );
-        let retrieval = download(&cuda, &gpu.result_retrieval_scores);
-        let attributions = download(&cuda, &gpu.result_attributions);
-        for q in 0..n {
-            assert_eq!(
-                cpu.notes[q].sources, gpu.notes[q].sources,
-                "{context}: sources of {q}"
-            );
-            let row = q * results..(q + 1) * results;
-            let cpu_final: std::collections::HashMap<u32, f32> = cpu.result_ids[row.clone()]
-                .iter()
-                .copied()
-                .zip(cpu.result_scores[row.clone()].iter().copied())
-                .collect();
-            let scale = cpu.result_scores[row.clone()]
-                .iter()
-                .filter(|s| s.is_finite())
-                .fold(0.0f32, |m, s| m.max(s.abs()))
-                .max(1e-3);
-            let cut = cpu.result_scores[row.end - 1];
-            for i in row.clone() {
-                let (cpu_id, gpu_id) = (cpu.result_ids[i], ids[i]);
-                if cpu_id == u32::MAX || gpu_id == u32::MAX {
-                    assert_eq!(cpu_id, gpu_id, "{context}: padding at {i}");
-                    continue;
-                }
-                let tolerance = 1e-2 * scale;
-                assert!(
-                    (scores[i] - cpu.result_scores[i]).abs() <= tolerance || cpu_id != gpu_id,
-                    "{context}: query {q} rank {}: score {} vs CPU {}",
-                    i - row.start,
-                    scores[i],
-                    cpu.result_scores[i]
-                );
-                if cpu_id != gpu_id {
-                    // A swap is allowed only between items whose final scores are within tolerance.
-                    let gpu_item_cpu_score = cpu_final.get(&gpu_id).copied().unwrap_or(cut);
-                    assert!(
-                        (gpu_item_cpu_score - cpu.result_scores[i]).abs() <= tolerance,
-                        "{context}: query {q} rank {}: GPU {gpu_id} vs CPU {cpu_id} ({} vs {})",
-                        i - row.start,
-                        scores[i],
-                        cpu.result_scores[i]
-                    );
-                } else {
-                    assert_eq!(
-                        retrieval[i], cpu.result_retrieval_scores[i],
-                        "{context}: retrieval score"
-                    );
-                    let slots = cpu.slots;
-                    for s in 0..slots {
-                        let (a, b) = (
-                            attributions[i * slots + s],
-                            cpu.result_attributions[i * slots + s],
-                        );
-                        assert!(
-                            (a - b).abs() <= 1e-2,
-                            "{context}: query {q} rank {} slot {s}: attribution {a} vs {b}",
-                            i - row.start
-                        );
-                    }
-                }
-            }
-        }
+        assert_rerank_agrees(&format!("{context}, two kernels"), &cpu, &asynchronous);
     }
 }
 

@@ -430,17 +430,28 @@ fn main() -> anyhow::Result<()> {
             Ok(path.rerank.enqueue_prepared(&cuda, &mut batch)?)
         })?;
         results.push((format!("rerank kernels only, batch {n}"), us, "us"));
-        // The register-staged attention kernel (the default before gpu5), for comparison.
-        path.rerank.set_kernel(Some(RerankKernel::Staged));
-        let us = device_time(&cuda, args.reps, || {
-            Ok(path.rerank.enqueue_prepared(&cuda, &mut batch)?)
-        })?;
-        path.rerank.set_kernel(None);
-        results.push((
-            format!("rerank kernels only, batch {n} (staged kernel)"),
-            us,
-            "us",
-        ));
+        // Each build fixed: both fused ones and the two-kernel path (attention +
+        // rerank_select, the default before the fused kernels) in both of its builds.
+        for (kernel, label) in [
+            (RerankKernel::Fused, "fused, one block per query"),
+            (
+                RerankKernel::FusedCluster,
+                "fused, a cluster of 4 blocks per query",
+            ),
+            (RerankKernel::Async, "two kernels, async attention"),
+            (RerankKernel::Staged, "two kernels, staged attention"),
+        ] {
+            path.rerank.set_kernel(Some(kernel));
+            let us = device_time(&cuda, args.reps, || {
+                Ok(path.rerank.enqueue_prepared(&cuda, &mut batch)?)
+            })?;
+            path.rerank.set_kernel(None);
+            results.push((
+                format!("rerank kernels only, batch {n} ({label})"),
+                us,
+                "us",
+            ));
+        }
         for (name, times) in ["fusion", "similarity + top-100", "rerank + top-10"]
             .iter()
             .zip(stage_times)
@@ -468,11 +479,18 @@ fn main() -> anyhow::Result<()> {
         }
         let us = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
         results.push((format!("path (graph), batch {n}, events"), us, "us"));
-        path.rerank.set_kernel(Some(RerankKernel::Staged));
+        // The two-kernel rerank as it was chosen before the fused kernel (the async
+        // attention beyond one wave of blocks, i.e. at batch 1000 here).
+        let previous = if n >= 1000 {
+            RerankKernel::Async
+        } else {
+            RerankKernel::Staged
+        };
+        path.rerank.set_kernel(Some(previous));
         let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
         path.rerank.set_kernel(None);
         results.push((
-            format!("path (graph), batch {n}, wall per batch (staged rerank kernel)"),
+            format!("path (graph), batch {n}, wall per batch (two-kernel rerank, {previous:?})"),
             us,
             "us",
         ));
