@@ -150,11 +150,14 @@ fn plan_sources_refuses_unknown_rows_and_too_many_sources() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let items = random_items(&mut rng, 300, DIM);
-    let users = random_users(&mut rng, &items, 30, 70);
+    // Histories are uniform in 1..=70 (a seventh of users have none), so among 400 users
+    // some are longer than MAX_SLOTS = 64 except with probability (64/70)^340 < 1e-13 (with
+    // 30 users, about one seed in nine had none).
+    let users = random_users(&mut rng, &items, 400, 70);
     let vocabulary = ContextVocabulary::empty(DIM);
     let table = users.read();
     let phrases = vocabulary.read();
-    let requests = random_requests(&mut rng, 30, 1, 10);
+    let requests = random_requests(&mut rng, 400, 1, 10);
     let mut notes = vec![hyperrec_stage::RequestNotes::default()];
     let mut packed = Vec::new();
     notes[0].user = Some(table.len() as u32 + 3);
