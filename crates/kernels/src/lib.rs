@@ -33,6 +33,8 @@ mod rerank;
 #[cfg(feature = "cuda")]
 mod similarity;
 #[cfg(feature = "cuda")]
+mod similarity_one;
+#[cfg(feature = "cuda")]
 mod tables;
 
 #[cfg(feature = "cuda")]
@@ -52,6 +54,8 @@ pub use similarity::{
     CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, score_all_items,
     topk_filter_shared_bytes, topk_shared_bytes,
 };
+#[cfg(feature = "cuda")]
+pub use similarity_one::SimilarityOne;
 #[cfg(feature = "cuda")]
 pub use tables::{DeviceTables, NO_ITEM, SharedTables, TablesConfig};
 

@@ -3,8 +3,8 @@
 //!
 //! `gpu-bench [--users N] [--reps N] [--big-users N] [--profile-batch1 N] [--profile-size S]`
 //! (defaults: 100000, 50, 10000000, 0, 1; a nonzero `--profile-batch1` only runs the path at
-//! batch size `--profile-size` that many times,
-//! for a profiler).
+//! batch size `--profile-size` that many times, then as many times with the two-kernel
+//! similarity (GEMV + threshold filter) instead of the fused batch-1 kernel, for a profiler).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +20,8 @@ use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
-    GpuPath, RerankKernel, SharedTables, SimilarityParams, TablesConfig, TopK, TopKStrategy,
-    score_all_items,
+    GpuPath, RerankKernel, SharedTables, SimilarityOne, SimilarityParams, TablesConfig, TopK,
+    TopKStrategy, score_all_items,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -251,6 +251,14 @@ fn main() -> anyhow::Result<()> {
             path.run(&cuda, &mut batch)?;
             cuda.synchronize()?;
         }
+        // Then the two-kernel similarity (GEMV + threshold filter), which batch 1 used before
+        // the fused kernel, so one profile shows both.
+        path.similarity
+            .set_top_k_strategy(TopKStrategy::SampledThreshold);
+        for _ in 0..args.profile_batch1 {
+            path.run(&cuda, &mut batch)?;
+            cuda.synchronize()?;
+        }
         println!(
             "batch-{} path run {} times",
             args.profile_size, args.profile_batch1
@@ -313,6 +321,45 @@ fn main() -> anyhow::Result<()> {
             us,
             "us",
         ));
+        if n == 1 {
+            // The batch-1 similarity stage's device work: the two-kernel path (GEMV, then
+            // the one-block threshold filter) against the fused kernel, without and with a
+            // 50-item seen list (the bench users' history length).
+            let mut top = TopK::new(&cuda)?;
+            let us = device_time(&cuda, args.reps, || {
+                score_all_items(&cuda, &guard, &device_queries, 1, &mut scratch, &mut out)?;
+                Ok(top.enqueue(&cuda, &out, N_ITEMS, 1, 100)?)
+            })?;
+            results.push((
+                "similarity + top-100, batch 1 (GEMV + topk_filter_wide)".into(),
+                us,
+                "us",
+            ));
+            let seen: Vec<u32> = (0..50)
+                .map(|_| rng.random_range(0..N_ITEMS as u32))
+                .collect();
+            let mut device_seen = cuda.zeros::<u32>(seen.len())?;
+            cuda.upload(&seen, &mut device_seen)?;
+            let mut fused = SimilarityOne::new(&cuda)?;
+            for (label, seen) in [("", None), (", 50 seen excluded", Some((&device_seen, 50)))] {
+                let us = device_time(&cuda, args.reps, || {
+                    Ok(fused.enqueue(
+                        &cuda,
+                        guard.items(),
+                        N_ITEMS,
+                        DIM,
+                        &device_queries,
+                        seen,
+                        100,
+                    )?)
+                })?;
+                results.push((
+                    format!("similarity + top-100, batch 1 (fused){label}"),
+                    us,
+                    "us",
+                ));
+            }
+        }
     }
 
     let vocabulary = vocabulary(&mut rng);
@@ -389,6 +436,24 @@ fn main() -> anyhow::Result<()> {
             us,
             "us",
         ));
+        if n == 1 {
+            // The two-kernel similarity (GEMV + threshold filter) the fused kernel replaced.
+            path.similarity
+                .set_top_k_strategy(TopKStrategy::SampledThreshold);
+            let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            let events = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            path.similarity.set_top_k_strategy(None);
+            results.push((
+                "path (graph), batch 1, wall per batch (two-kernel similarity)".into(),
+                us,
+                "us",
+            ));
+            results.push((
+                "path (graph), batch 1, events (two-kernel similarity)".into(),
+                events,
+                "us",
+            ));
+        }
     }
     // Host preparation alone (every stage's host step and uploads), per stage: the part of
     // the wall time above that the device does not see.
