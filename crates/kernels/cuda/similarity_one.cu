@@ -120,6 +120,7 @@ __device__ void write_best(unsigned long long* cand, unsigned count, unsigned k_
         if (t < count) {
             const unsigned long long mine = cand[t];
             unsigned rank = 0;
+#pragma unroll 8
             for (unsigned j = 0; j < count; ++j) rank += cand[j] > mine;
             if (rank < k_eff) {
                 out_ids[rank] = NO_ITEM - (unsigned)(mine & 0xffffffffull);
@@ -140,6 +141,15 @@ __device__ void write_best(unsigned long long* cand, unsigned count, unsigned k_
         out_ids[i] = NO_ITEM;
         out_scores[i] = -INFINITY;
     }
+}
+
+// Phase marks for a measurement harness (`trace` non-null): the low 32 bits of the SM clock
+// and of the global nanosecond timer.
+__device__ __forceinline__ unsigned clock_mark() { return (unsigned)clock64(); }
+__device__ __forceinline__ unsigned global_mark() {
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+    return (unsigned)ns;
 }
 
 // Marks the seen items of this block's slice [begin, begin + count) in `seen_bits`: entries
@@ -173,6 +183,7 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 //               null for no exclusion)
 //   workspace:  WS_LISTS + grid * slice words, all zero before the first launch; every launch
 //               leaves the histogram and ticket zero again (the lists are scratch)
+//   trace:      null, or (grid + 1) * 8 words of phase marks (see gpu-bench --trace-fused)
 extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
 similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
                      const float* __restrict__ query, unsigned dim, unsigned slice,
@@ -181,7 +192,8 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
                      const unsigned* __restrict__ seen_lens,
                      const unsigned* __restrict__ seen_items, unsigned k,
                      __half* __restrict__ scores, unsigned* __restrict__ workspace,
-                     unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
+                     unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
+                     unsigned* __restrict__ trace) {
     __shared__ __align__(16) float query_s[MAX_DIM];
     __shared__ __align__(16) unsigned entries[MAX_SLICE];  // this slice's entries, by item
     // This slice sorted (other blocks), or the last block's candidates.
@@ -196,34 +208,47 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
     const unsigned t = threadIdx.x, warp = t >> 5, lane = t & 31;
     const unsigned begin = blockIdx.x * slice;
     const unsigned count = min(slice, n_items - begin);  // the grid covers n_items exactly
+    unsigned* mark = trace ? trace + blockIdx.x * 8 : nullptr;
+    if (mark && t == 0) {
+        mark[0] = global_mark();
+        mark[2] = clock_mark();
+    }
 
+    // The first rows' loads go out before the barrier that publishes the query, so the
+    // query's own load latency overlaps them.
+    const unsigned sub = lane & 15, side = lane >> 4, chunks = dim >> 7;
+    uint4 a[MAX_CHUNKS], b[MAX_CHUNKS];
+    auto load_rows = [&](unsigned first) {
+        const unsigned row_a = first + side, row_b = first + 2 + side;
+#pragma unroll
+        for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+            a[c] = b[c] = make_uint4(0, 0, 0, 0);
+            if (c < chunks) {
+                if (row_a < count)
+                    a[c] = *reinterpret_cast<const uint4*>(
+                        items + (size_t)(begin + row_a) * dim + c * 128 + sub * 8);
+                if (row_b < count)
+                    b[c] = *reinterpret_cast<const uint4*>(
+                        items + (size_t)(begin + row_b) * dim + c * 128 + sub * 8);
+            }
+        }
+    };
+    if (warp < GEMV_WARPS) load_rows(warp * 4);
     for (unsigned i = t; i < dim; i += ONE_THREADS) query_s[i] = query[i];
     if (t < MAX_SLICE / 32) seen_bits[t] = 0;
     // Entries past the slice stay 0, which never ranks above a real entry.
     for (unsigned i = t; i < MAX_SLICE; i += ONE_THREADS) entries[i] = 0;
     if (t < 16) misc[t] = 0;
     __syncthreads();
+    if (mark && t == 0) mark[3] = clock_mark();
 
     if (warp < GEMV_WARPS) {
         // 1. Scores: a warp takes four consecutive rows per step, half a warp per row pair;
         // lane `sub` of half `side` reads 16 bytes of rows r + side and r + 2 + side per
         // 128-column chunk, all loads issued before any product.
-        const unsigned sub = lane & 15, side = lane >> 4, chunks = dim >> 7;
         for (unsigned first = warp * 4; first < count; first += GEMV_WARPS * 4) {
+            if (first != warp * 4) load_rows(first);
             const unsigned row_a = first + side, row_b = first + 2 + side;
-            uint4 a[MAX_CHUNKS], b[MAX_CHUNKS];
-#pragma unroll
-            for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
-                a[c] = b[c] = make_uint4(0, 0, 0, 0);
-                if (c < chunks) {
-                    if (row_a < count)
-                        a[c] = *reinterpret_cast<const uint4*>(
-                            items + (size_t)(begin + row_a) * dim + c * 128 + sub * 8);
-                    if (row_b < count)
-                        b[c] = *reinterpret_cast<const uint4*>(
-                            items + (size_t)(begin + row_b) * dim + c * 128 + sub * 8);
-                }
-            }
             float sa = 0.0f, sb = 0.0f;
 #pragma unroll
             for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
@@ -280,6 +305,7 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
                   seen_bits);
         __syncthreads();
     }
+    if (mark && t == 0) mark[4] = clock_mark();
 
     // 2. Seen items' keys to 0, rank sort of the slice, its list and histogram counts.
     unsigned mine = 0;
@@ -293,6 +319,7 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
     if (t < count) {
         unsigned rank = 0;
         const uint4* all = reinterpret_cast<const uint4*>(entries);
+#pragma unroll 4
         for (unsigned j = 0; j < (count + 3) / 4; ++j) {
             const uint4 v = all[j];
             rank += (v.x > mine) + (v.y > mine) + (v.z > mine) + (v.w > mine);
@@ -303,13 +330,22 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
     if (t < count) {
         const unsigned entry = sorted[t], bin = entry >> 20;
         lists[begin + t] = entry;
-        // Entries of one bin are consecutive: its run [start, end] adds end + 1 - start,
-        // as +(end + 1) at the run's end and -start at its start (modulo 2^32; the histogram
-        // is read only once every block has added both).
-        if (bin != 0) {
-            if (t + 1 == count || (sorted[t + 1] >> 20) != bin) atomicAdd(&hist[bin], t + 1);
-            if (t > 0 && (sorted[t - 1] >> 20) != bin) atomicAdd(&hist[bin], 0u - t);
+        // Entries of one bin are consecutive: the run's last entry finds the run's first
+        // (binary search over the descending bins) and adds the run's length, one atomic
+        // per distinct bin.
+        if (bin != 0 && (t + 1 == count || (sorted[t + 1] >> 20) != bin)) {
+            unsigned lo = 0, hi = t;
+            while (lo < hi) {
+                const unsigned mid = (lo + hi) >> 1;
+                if ((sorted[mid] >> 20) > bin) lo = mid + 1;
+                else hi = mid;
+            }
+            atomicAdd(&hist[bin], t + 1 - lo);
         }
+    }
+    if (mark) {
+        __syncthreads();
+        if (t == 0) mark[5] = clock_mark();
     }
 
     // 3. The last block to finish selects.
@@ -317,8 +353,14 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
     __syncthreads();
     if (t == 0) misc[2] = atomicAdd(&workspace[WS_TICKET], 1u) == gridDim.x - 1;
     __syncthreads();
+    if (mark && t == 0) {
+        mark[1] = global_mark();
+        mark[6] = clock_mark();
+    }
     if (misc[2] == 0) return;
     __threadfence();
+    unsigned* last_mark = trace ? trace + gridDim.x * 8 : nullptr;
+    if (last_mark && t == 0) last_mark[0] = clock_mark();
 
     // The histogram, read from L2 and cleared for the next launch; thread t holds bins
     // BINS-1 - t*HIST_PER_THREAD downwards, so one scan finds the bin of the k_eff-th best.
@@ -364,13 +406,20 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
     __syncthreads();
     const unsigned kth_bin = misc[4], above_bin = misc[5], in_bin = misc[6];
     const unsigned n_slices = gridDim.x;
+    if (last_mark && t == 0) {
+        last_mark[1] = clock_mark();
+        last_mark[5] = above_bin + in_bin > CAND_CAP;  // 1: the tie fallback runs
+        last_mark[6] = above_bin + in_bin;              // candidates
+    }
 
     if (above_bin + in_bin <= CAND_CAP) {
-        // Every eligible entry at or above the bin: each slice's list starts with them.
-        for (unsigned s = t; s < n_slices; s += ONE_THREADS) {
+        // Every eligible entry at or above the bin: each slice's list starts with them. A
+        // thread takes two slices at a time with both first loads in flight (a slice rarely
+        // holds more than four such entries).
+        auto take = [&](unsigned s, uint4 v) {
             const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
             for (unsigned r = 0; r < s_count; r += 4) {
-                const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
+                if (r > 0) v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
                 const unsigned e[4] = {v.x, v.y, v.z, v.w};
                 bool more = true;
 #pragma unroll
@@ -383,9 +432,26 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
                 }
                 if (!more) break;
             }
+        };
+        for (unsigned s = t; s < n_slices; s += 2 * ONE_THREADS) {
+            const unsigned s2 = s + ONE_THREADS;
+            const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s * slice));
+            const uint4 v2 = s2 < n_slices
+                ? __ldcg(reinterpret_cast<const uint4*>(lists + s2 * slice))
+                : make_uint4(0, 0, 0, 0);
+            take(s, v);
+            if (s2 < n_slices) take(s2, v2);
         }
         __syncthreads();
+        if (last_mark && t == 0) last_mark[2] = clock_mark();
         write_best(cand, misc[7], k_eff, k, out_ids, out_scores);
+        if (last_mark) {
+            __syncthreads();
+            if (t == 0) {
+                last_mark[3] = clock_mark();
+                last_mark[4] = global_mark();
+            }
+        }
         return;
     }
 
@@ -442,4 +508,11 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
         }
     }
     write_best(cand, k_eff, k_eff, k, out_ids, out_scores);
+    if (last_mark) {
+        __syncthreads();
+        if (t == 0) {
+            last_mark[3] = clock_mark();
+            last_mark[4] = global_mark();
+        }
+    }
 }

@@ -638,6 +638,8 @@ impl CudaSimilarity {
                     ids: &mut batch.candidate_ids,
                     top_scores: &mut batch.candidate_scores,
                 },
+                None,
+                None,
             )?;
             return Ok(());
         }

@@ -20,6 +20,8 @@ const TARGET_BLOCKS: usize = 132 * 3;
 const LISTS_OFFSET: usize = 4096 + 16;
 /// Widest query the kernel holds in shared memory (its `MAX_DIM`).
 const MAX_DIM: usize = 512;
+/// Phase-mark words per block of a traced launch (see [`SimilarityOne::enqueue_traced`]).
+pub(crate) const TRACE_WORDS: usize = 8;
 
 /// How the kernel splits a catalog into per-block slices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,10 +35,13 @@ pub(crate) struct SlicePlan {
 impl SlicePlan {
     /// The plan for `n_items` (at least 1) items.
     pub(crate) fn new(n_items: usize) -> SlicePlan {
-        let slice = n_items
-            .div_ceil(TARGET_BLOCKS)
-            .next_multiple_of(32)
-            .clamp(32, MAX_SLICE);
+        let slice = n_items.div_ceil(TARGET_BLOCKS).next_multiple_of(32);
+        SlicePlan::with_slice(n_items, slice)
+    }
+
+    /// `slice` items per block (rounded up to a multiple of 32 within the kernel's limits).
+    pub(crate) fn with_slice(n_items: usize, slice: usize) -> SlicePlan {
+        let slice = slice.next_multiple_of(32).clamp(32, MAX_SLICE);
         SlicePlan {
             slice,
             blocks: n_items.div_ceil(slice).max(1),
@@ -127,6 +132,8 @@ pub(crate) fn enqueue_fused(
     k: usize,
     workspace: &mut FusedWorkspace,
     out: FusedOutputs<'_>,
+    slice: Option<usize>,
+    trace: Option<&mut CudaBuffer<u32>>,
 ) -> Result<(), CudaError> {
     if !supports(n_items, dim, k) {
         return Err(CudaError::Unsupported(format!(
@@ -139,8 +146,18 @@ pub(crate) fn enqueue_fused(
             len: items.len(),
         });
     }
-    let plan = SlicePlan::new(n_items);
+    let plan = slice.map_or_else(
+        || SlicePlan::new(n_items),
+        |slice| SlicePlan::with_slice(n_items, slice),
+    );
     workspace.ensure(cuda, plan.workspace_words())?;
+    let trace_ptr = match trace {
+        Some(trace) => {
+            cuda.ensure_len(trace, (plan.blocks + 1) * TRACE_WORDS)?;
+            trace.device_ptr()
+        }
+        None => 0,
+    };
     cuda.ensure_len(out.scores, score_ld(n_items))?;
     cuda.ensure_len(out.ids, k)?;
     cuda.ensure_len(out.top_scores, k)?;
@@ -168,12 +185,13 @@ pub(crate) fn enqueue_fused(
         arg(&workspace_ptr),
         arg(&ids_ptr),
         arg(&top_ptr),
+        arg(&trace_ptr),
     ];
     // SAFETY: parameters match `similarity_top_k_one`; items hold n_items * dim halves, the
     // query `dim` floats (the caller's buffer), scores a row of score_ld(n_items), the
     // workspace the plan's words (zeroed when allocated), the outputs k entries; the seen
     // source is null or a user row of its tables (the host writes only known rows or
-    // NO_ITEM).
+    // NO_ITEM); the trace, when given, holds (blocks + 1) * TRACE_WORDS words.
     unsafe {
         cuda.launch(
             &cuda.kernels.similarity_top_k_one,
@@ -195,6 +213,8 @@ pub struct SimilarityOne {
     item_scores: CudaBuffer<u16>,
     ids: CudaBuffer<u32>,
     scores: CudaBuffer<f32>,
+    /// Items per block instead of the automatic plan (comparisons).
+    slice: Option<usize>,
 }
 
 impl SimilarityOne {
@@ -205,7 +225,15 @@ impl SimilarityOne {
             item_scores: cuda.alloc(0)?,
             ids: cuda.alloc(0)?,
             scores: cuda.alloc(0)?,
+            slice: None,
         })
+    }
+
+    /// Items per block (rounded up to a multiple of 32, at most 256) instead of the plan
+    /// that fills one wave of the H100 (`None`), for comparisons; the results are the same.
+    #[doc(hidden)]
+    pub fn set_slice(&mut self, slice: Option<usize>) {
+        self.slice = slice;
     }
 
     /// Enqueues the scores of `query` (`dim` floats) against `items` (`[n_items, dim]`
@@ -224,6 +252,30 @@ impl SimilarityOne {
         query: &CudaBuffer<f32>,
         seen: Option<(&CudaBuffer<u32>, usize)>,
         k: usize,
+    ) -> Result<(), CudaError> {
+        self.enqueue_traced(cuda, items, n_items, dim, query, seen, k, None)
+    }
+
+    /// [`SimilarityOne::enqueue`] that also writes phase marks into `trace` (resized to
+    /// `(blocks + 1) * TRACE_WORDS` words), for a measurement harness. Block `b`'s words
+    /// `8b ..`: global timer (low 32 bits of ns) at its start and after its ticket, then SM
+    /// clock (low 32 bits) at its start, after the query barrier, after scoring (and the seen
+    /// list), after its sort and histogram atomics, after its ticket. The last block's words
+    /// after those of every block: clock after its fence, after finding the k-th bin, after
+    /// gathering, at its end, global timer at its end, 1 when the tie fallback ran, the
+    /// candidate count.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue_traced(
+        &mut self,
+        cuda: &Cuda,
+        items: &CudaBuffer<u16>,
+        n_items: usize,
+        dim: usize,
+        query: &CudaBuffer<f32>,
+        seen: Option<(&CudaBuffer<u32>, usize)>,
+        k: usize,
+        trace: Option<&mut CudaBuffer<u32>>,
     ) -> Result<(), CudaError> {
         if query.len() < dim {
             return Err(CudaError::OutOfBounds {
@@ -263,6 +315,8 @@ impl SimilarityOne {
                 ids: &mut self.ids,
                 top_scores: &mut self.scores,
             },
+            self.slice,
+            trace,
         )
     }
 
@@ -303,6 +357,14 @@ mod tests {
                 LISTS_OFFSET + plan.blocks * plan.slice
             );
         }
+    }
+
+    #[test]
+    fn chosen_slices_are_rounded_into_the_kernel_limits() {
+        assert_eq!(SlicePlan::with_slice(1000, 1).slice, 32);
+        assert_eq!(SlicePlan::with_slice(1000, 100).slice, 128);
+        assert_eq!(SlicePlan::with_slice(1000, 10_000).slice, MAX_SLICE);
+        assert_eq!(SlicePlan::with_slice(1000, 128).blocks, 8);
     }
 
     #[test]

@@ -162,6 +162,12 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
             random_queries(&mut rng, 1, dim)
         };
         let query = upload(&cuda, &query_host);
+        // Other slice sizes than the automatic plan (more blocks than one wave, fewer).
+        fused.set_slice(match case {
+            10 => Some(32),
+            11 => Some(256),
+            _ => None,
+        });
 
         // Three launches back to back on one workspace: each must start from a clean
         // histogram and ticket.
