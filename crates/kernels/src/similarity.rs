@@ -1,6 +1,7 @@
 //! The similarity stage on the GPU: scores of every item (cuBLAS fp16 GEMM with fp32
 //! accumulation, or the crate's own kernel for tiny batches), then the crate's top-K
-//! selection kernel.
+//! selection kernel; a batch of one query scores and selects in one fused kernel
+//! (`similarity_one`).
 
 use std::ffi::c_void;
 
