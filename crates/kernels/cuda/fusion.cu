@@ -34,6 +34,10 @@ extern "C" __global__ void fuse_queries(const float* __restrict__ queries,
                                         __half* __restrict__ fused_half) {
     __shared__ float scratch[32];
     extern __shared__ float user_sum[];  // [dim]
+    // Let the next kernel (launched as a programmatic dependent, see `After::Overlapping`)
+    // start its own launch and its prologue now: it waits for this grid's results before it
+    // reads them. No effect when the next kernel is launched in plain stream order.
+    asm volatile("griddepcontrol.launch_dependents;");
     const unsigned q = blockIdx.x;
     const unsigned begin = member_offsets[q], end = member_offsets[q + 1];
     const float* query = queries + (size_t)q * dim;

@@ -383,14 +383,18 @@ __device__ void sort_descending(unsigned long long* values, unsigned padded) {
 //   exact_only:   nonzero skips the sample and filter (the fallback on every row; tests).
 // Dynamic shared memory: topk_filter_shared_bytes(n_items, k) (see the Rust side):
 // candidates, the second buffer, scratch and histograms, then the seen-item bitmap.
-template <unsigned NT, unsigned FILTER_LOADS>
+//   SPAN_BINS:    the candidates' key histogram (step 4) spans their whole key range (bins of
+//                 2^shift keys) instead of KEY_BINS single keys with a catch-all top bin.
+//   row_index:    the row this block selects (NO_ITEM: blockIdx.x).
+template <unsigned NT, unsigned FILTER_LOADS, bool SPAN_BINS = false>
 __device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
                                 const unsigned* __restrict__ exclude_user,
                                 const unsigned* __restrict__ seen_offsets,
                                 const unsigned* __restrict__ seen_lens,
                                 const unsigned* __restrict__ seen_items, unsigned k,
                                 unsigned capacity, unsigned exact_only,
-                                unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
+                                unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
+                                unsigned row_index = NO_ITEM) {
     extern __shared__ __align__(16) unsigned char filter_smem[];
     unsigned long long* cand = reinterpret_cast<unsigned long long*>(filter_smem);  // [capacity]
     unsigned* hist = reinterpret_cast<unsigned*>(filter_smem);  // [BINS], aliases cand
@@ -402,7 +406,7 @@ __device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, 
     unsigned* seen = key_hist + KEY_BINS;                                     // [(n_items + 31) / 32]
 
     TOPK_PHASE(0);
-    const unsigned q = blockIdx.x, t = threadIdx.x;
+    const unsigned q = row_index == NO_ITEM ? blockIdx.x : row_index, t = threadIdx.x;
     const unsigned nvec = (n_items + 7) >> 3;
     const uint4* row = reinterpret_cast<const uint4*>(scores + (size_t)q * ld);
 
@@ -623,15 +627,34 @@ __device__ void topk_filter_row(const __half* __restrict__ scores, unsigned ld, 
     unsigned long long* sorted = cand;
     unsigned sort_count = count;
     if (!exact && threshold != 0 && k > 0 && count > k && count > 256) {
+        // Every candidate's key is >= the threshold, so offsets are >= 0. With SPAN_BINS the
+        // bins are 2^shift keys wide, the smallest width that holds the largest offset: on
+        // score rows of a real GEMM the few hundred candidates span ~500-1000 fp16 keys, and
+        // with single-key bins the k-th best key fell in the catch-all top bin for ~1/3 of
+        // the rows, which then sorted every candidate (512-1024 with barriers per stage).
+        unsigned shift = 0;
+        if (SPAN_BINS) {
+            unsigned widest = 0;
+            for (unsigned i = t; i < count; i += NT)
+                widest = max(widest, (unsigned)(cand[i] >> 32) - threshold);
+            widest = __reduce_max_sync(0xffffffffu, widest);
+            if ((t & 31) == 0 && widest != 0) atomicMax(&misc[9], widest);
+            __syncthreads();
+            const unsigned span = misc[9];
+            while ((span >> shift) >= KEY_BINS) ++shift;
+        }
         for (unsigned i = t; i < count; i += NT) {
-            const unsigned offset = (unsigned)(cand[i] >> 32) - threshold;
+            const unsigned offset = ((unsigned)(cand[i] >> 32) - threshold) >> shift;
             atomicAdd(&key_hist[min(offset, (unsigned)KEY_BINS - 1)], 1u);
         }
         __syncthreads();
         find_bin<NT>(key_hist, KEY_BINS, k, scratch, misc + 6);
         const unsigned bin = misc[6], kept = misc[7] + key_hist[misc[6]];
-        if (bin < KEY_BINS - 1 && kept <= TOP_CAP) {
-            const unsigned kth_key = threshold + bin;
+        // Without SPAN_BINS the top bin also collects every larger offset: its lower bound is
+        // no cut. With it, every bin is a plain range of keys.
+        if ((SPAN_BINS || bin < KEY_BINS - 1) && kept <= TOP_CAP) {
+            // Candidates in bins >= the k-th best's: the top k and the rest of its bin.
+            const unsigned kth_key = threshold + (bin << shift);
             for (unsigned i = t; i < count; i += NT) {
                 const unsigned long long packed = cand[i];
                 if ((unsigned)(packed >> 32) >= kth_key) top[append_slot(&misc[8])] = packed;
@@ -686,4 +709,21 @@ topk_filter_wide(const __half* __restrict__ scores, unsigned ld, unsigned n_item
                  unsigned exact_only, unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
     topk_filter_row<1024, 8>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens,
                              seen_items, k, capacity, exact_only, out_ids, out_scores);
+}
+
+// Many rows of the similarity stage (more than 132, right after the score GEMM): as
+// topk_filter, with the candidates' key histogram spanning their whole key range (see
+// SPAN_BINS), and, when `last_rows_first` is nonzero, block b selecting row n - 1 - b (the
+// results are the same; only the order the rows are read in changes: the GEMM's last
+// output may still be in L2 when the selection starts).
+extern "C" __global__ void __launch_bounds__(256, 4)
+topk_filter_batch(const __half* __restrict__ scores, unsigned ld, unsigned n_items,
+                  const unsigned* __restrict__ exclude_user,
+                  const unsigned* __restrict__ seen_offsets, const unsigned* __restrict__ seen_lens,
+                  const unsigned* __restrict__ seen_items, unsigned k, unsigned capacity,
+                  unsigned exact_only, unsigned last_rows_first, unsigned* __restrict__ out_ids,
+                  float* __restrict__ out_scores) {
+    const unsigned row = last_rows_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    topk_filter_row<256, 8, true>(scores, ld, n_items, exclude_user, seen_offsets, seen_lens,
+                                  seen_items, k, capacity, exact_only, out_ids, out_scores, row);
 }

@@ -14,6 +14,7 @@ use hyperrec_stage::{Device, DeviceError, DeviceKind, Element};
 
 use crate::CudaError;
 use crate::ptx::MODULES;
+use crate::similarity_batch::{LT_WORKSPACE_BYTES, LtGemm};
 
 /// An owned device allocation of `len` elements of `T` (capacity may be larger).
 ///
@@ -78,6 +79,15 @@ impl<T: Element> std::fmt::Debug for CudaBuffer<T> {
 /// A point on the stream's timeline (a CUDA event with timing enabled).
 pub struct CudaMark(CudaEvent);
 
+impl CudaMark {
+    /// Blocks the host until the device has passed this mark: how a caller keeps a bounded
+    /// number of batches in flight (the host step of the next batch overlaps the device work
+    /// of the previous ones).
+    pub fn wait(&self) -> Result<(), CudaError> {
+        self.0.synchronize().map_err(CudaError::from)
+    }
+}
+
 /// Every kernel the stages launch, loaded once from the committed PTX.
 pub(crate) struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
@@ -90,6 +100,7 @@ pub(crate) struct Kernels {
     pub topk_rows: CudaFunction,
     pub topk_filter: CudaFunction,
     pub topk_filter_wide: CudaFunction,
+    pub topk_filter_batch: CudaFunction,
     pub rerank_attend: CudaFunction,
     pub rerank_attend_async: CudaFunction,
     pub rerank_select: CudaFunction,
@@ -219,6 +230,7 @@ impl Kernels {
             topk_rows: function("topk", "topk_rows")?,
             topk_filter: function("topk", "topk_filter")?,
             topk_filter_wide: function("topk", "topk_filter_wide")?,
+            topk_filter_batch: function("topk", "topk_filter_batch")?,
             rerank_attend: function("rerank", "rerank_attend")?,
             rerank_attend_async: function("rerank", "rerank_attend_async")?,
             rerank_select: function("rerank", "rerank_select")?,
@@ -235,6 +247,7 @@ impl Kernels {
             (&kernels.topk_rows, TOPK_MAX_SHARED_BYTES),
             (&kernels.topk_filter, TOPK_MAX_SHARED_BYTES),
             (&kernels.topk_filter_wide, TOPK_MAX_SHARED_BYTES),
+            (&kernels.topk_filter_batch, TOPK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend, RERANK_MAX_SHARED_BYTES),
             (&kernels.rerank_attend_async, RERANK_MAX_SHARED_BYTES),
         ] {
@@ -250,10 +263,14 @@ impl Kernels {
 }
 
 /// A cuBLAS handle bound to the device's stream, with a fixed workspace so GEMMs can be
-/// captured into CUDA graphs (cuBLAS may not allocate during capture).
+/// captured into CUDA graphs (cuBLAS may not allocate during capture), and the cuBLASLt
+/// GEMM of the similarity stage's large batches (its own handle and workspace: the cache's
+/// rebuild moves the cuBLAS handle to its side stream while it runs).
 pub(crate) struct Blas {
     handle: blas_sys::cublasHandle_t,
     _workspace: CudaBuffer<u8>,
+    /// `None` where cuBLASLt does not open; `cublasGemmEx` then runs every GEMM.
+    pub(crate) lt: Option<LtGemm>,
 }
 
 // SAFETY: the handle is only used through `&Cuda` on the device's one stream; cuBLAS handles
@@ -355,9 +372,11 @@ impl Cuda {
         self.bind()?;
         let workspace = self.alloc::<u8>(BLAS_WORKSPACE_BYTES)?;
         let handle = cudarc::cublas::result::create_handle().map_err(CudaError::blas)?;
+        let lt = LtGemm::open(self.alloc::<u8>(LT_WORKSPACE_BYTES)?);
         let blas = Blas {
             handle,
             _workspace: workspace,
+            lt,
         };
         // SAFETY: valid handle, stream and workspace of this context.
         unsafe {

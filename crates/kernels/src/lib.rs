@@ -33,6 +33,8 @@ mod rerank;
 #[cfg(feature = "cuda")]
 mod similarity;
 #[cfg(feature = "cuda")]
+mod similarity_batch;
+#[cfg(feature = "cuda")]
 mod similarity_one;
 #[cfg(feature = "cuda")]
 mod tables;
@@ -54,6 +56,8 @@ pub use similarity::{
     CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, score_all_items,
     topk_filter_shared_bytes, topk_shared_bytes,
 };
+#[cfg(feature = "cuda")]
+pub use similarity_batch::{ScoreGemm, score_all_items_with};
 #[cfg(feature = "cuda")]
 pub use similarity_one::SimilarityOne;
 #[cfg(feature = "cuda")]

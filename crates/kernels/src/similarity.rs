@@ -3,14 +3,11 @@
 //! selection kernel; a batch of one query scores and selects in one fused kernel
 //! (`similarity_one`).
 
-use std::ffi::c_void;
-
-use cudarc::cublas::sys as blas_sys;
-
 use hyperrec_catalog::SharedUsers;
 use hyperrec_stage::{Batch, Event, Request, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
+use crate::similarity_batch::{self, ScoreGemm};
 use crate::similarity_one::{self, FusedOutputs, FusedWorkspace, SeenSource};
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
 
@@ -19,7 +16,7 @@ pub const MAX_CANDIDATES: usize = 1024;
 
 /// Batches up to this size score with `item_scores_small` (one pass over the item table
 /// for up to this many queries), larger ones with the GEMM.
-const SMALL_BATCH: usize = 8;
+pub(crate) const SMALL_BATCH: usize = 8;
 
 /// Dynamic shared memory of `topk_rows` for a catalog of `n_items`: 8 KiB of survivors,
 /// a 4096-bin histogram and scratch, then the row's 16-bit keys.
@@ -86,56 +83,18 @@ pub(crate) fn enqueue_scores(
         return Ok(());
     }
     match &cuda.blas {
-        Some(blas) if n > SMALL_BATCH => {
-            cuda.ensure_len(queries_half, n * dim)?;
-            let (src, dst, len) = (
-                queries.device_ptr(),
-                queries_half.device_ptr(),
-                (n * dim) as u64,
-            );
-            let mut params = [arg(&src), arg(&dst), arg(&len)];
-            // SAFETY: both buffers hold n * dim elements.
-            unsafe {
-                cuda.launch(
-                    &cuda.kernels.f32_to_f16,
-                    ((n * dim).div_ceil(256).min(4096) as u32, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    &mut params,
-                )?;
-            }
-            let (alpha, beta) = (1.0f32, 0.0f32);
-            // Row-major scores [n, ld] are column-major [ld, n] = items^T (dim x n_items,
-            // column-major [dim, n_items] read transposed) times queries ([dim, n]).
-            // SAFETY: shapes and leading dimensions match the allocations above.
-            unsafe {
-                cuda.bind()?;
-                blas_sys::cublasGemmEx(
-                    blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    ld as i32,
-                    n as i32,
-                    dim as i32,
-                    &alpha as *const f32 as *const c_void,
-                    items.device_ptr() as *const c_void,
-                    blas_sys::cudaDataType::CUDA_R_16F,
-                    dim as i32,
-                    queries_half.device_ptr() as *const c_void,
-                    blas_sys::cudaDataType::CUDA_R_16F,
-                    dim as i32,
-                    &beta as *const f32 as *const c_void,
-                    scores.device_ptr() as *mut c_void,
-                    blas_sys::cudaDataType::CUDA_R_16F,
-                    ld as i32,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-                .result()
-                .map_err(CudaError::blas)?;
-            }
-            Ok(())
-        }
+        Some(blas) if n > SMALL_BATCH => similarity_batch::enqueue_batch_scores(
+            cuda,
+            blas,
+            items,
+            n_items,
+            dim,
+            queries,
+            n,
+            queries_half,
+            scores,
+            ScoreGemm::Measured,
+        ),
         _ => {
             if !dim.is_multiple_of(128) || dim > 1024 {
                 return Err(CudaError::Unsupported(format!(
@@ -327,11 +286,28 @@ pub(crate) fn enqueue_top_k(
             arg(&ids),
             arg(&out),
         ];
-        let (kernel, threads) = if n <= WIDE_TOPK_ROWS {
-            (&cuda.kernels.topk_filter_wide, 1024)
-        } else {
-            (&cuda.kernels.topk_filter, 256)
-        };
+        if n > WIDE_TOPK_ROWS {
+            let filter = similarity_batch::BatchFilter {
+                scores: scores_ptr,
+                ld: ld_u,
+                n_items: n_items_u,
+                exclude,
+                seen_offsets,
+                seen_lens,
+                seen_items,
+                k: k_u,
+                capacity,
+                exact_only,
+                ids,
+                out_scores: out,
+                rows: n as u32,
+                shared_bytes: shared as u32,
+            };
+            // SAFETY: buffers are sized above; the exclusion users are rows of `tables`
+            // (the host writes only known rows or NO_ITEM); `shared` is the filter's size.
+            return unsafe { similarity_batch::launch_batch_filter(cuda, &filter) };
+        }
+        let (kernel, threads) = (&cuda.kernels.topk_filter_wide, 1024);
         // SAFETY: parameters match `topk_filter` / `topk_filter_wide` (same signature);
         // buffers are sized above; the exclusion users are rows of `tables` (the host
         // writes only known rows or NO_ITEM).

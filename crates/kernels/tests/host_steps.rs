@@ -173,3 +173,54 @@ fn plan_sources_refuses_unknown_rows_and_too_many_sources() {
         "seed {seed}: {too_many:?}"
     );
 }
+
+/// `plan_members` (the GPU fusion's host step) writes the CPU fusion stage's notes, and its
+/// runs of members are each request's user and found companions that have a profile, in
+/// that order; batches from 256 requests take the parallel plan, which must give the same
+/// concatenation as the serial one.
+#[test]
+fn plan_members_matches_the_cpu_fusion_notes() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let items = random_items(&mut rng, 300, DIM);
+    let users = random_users(&mut rng, &items, 150, 20);
+    for n in [1usize, 37, 255, 256, 300, 1000] {
+        let context = format!("seed {seed}, n {n}");
+        let requests = random_requests(&mut rng, 150, n, 10);
+        let mut cpu = Batch::new(&Cpu, DIM).expect("batch");
+        cpu.reset(&Cpu, requests.clone()).expect("reset");
+        cpu.query_embeddings
+            .copy_from_slice(&random_queries(&mut rng, n, DIM));
+        Fusion::new(users.clone(), FusionConfig { alpha: 0.5 })
+            .expect("fusion")
+            .run(&Cpu, &mut cpu)
+            .expect("fusion");
+
+        let table = users.read();
+        let mut notes = vec![hyperrec_stage::RequestNotes::default(); n];
+        let (mut offsets, mut members) = (vec![7u32; 3], vec![9u32; 5]);
+        hyperrec_kernels::plan_members(&table, &requests, &mut notes, &mut offsets, &mut members);
+        assert_eq!(offsets.len(), n + 1, "{context}");
+        assert_eq!(offsets[0], 0, "{context}");
+        assert_eq!(offsets[n] as usize, members.len(), "{context}");
+        for (q, (planned, reference)) in notes.iter().zip(&cpu.notes).enumerate() {
+            assert_eq!(planned.user, reference.user, "{context}, query {q}");
+            assert_eq!(
+                planned.companions, reference.companions,
+                "{context}, query {q}"
+            );
+            assert_eq!(
+                planned.cold_start, reference.cold_start,
+                "{context}, query {q}"
+            );
+            let expected: Vec<u32> = reference
+                .user
+                .into_iter()
+                .chain(reference.companions.iter().copied())
+                .filter(|&member| table.embedding(member).is_some())
+                .collect();
+            let run = &members[offsets[q] as usize..offsets[q + 1] as usize];
+            assert_eq!(run, &expected[..], "{context}, query {q}");
+        }
+    }
+}

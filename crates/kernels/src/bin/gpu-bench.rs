@@ -19,9 +19,9 @@ use hyperrec_cache::{CacheConfig, RowSource, TemporalCache};
 use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
-    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
-    GpuPath, RerankKernel, SharedTables, SimilarityOne, SimilarityParams, TablesConfig, TopK,
-    TopKStrategy, score_all_items,
+    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaMark, CudaRerank, CudaSimilarity,
+    DeviceTables, GpuPath, RerankKernel, ScoreGemm, SharedTables, SimilarityOne, SimilarityParams,
+    TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -319,6 +319,39 @@ fn fused_phases(
     Ok(())
 }
 
+/// Median wall time (µs) per batch of the path over `pair`'s batches launched alternately,
+/// at most two in flight: before launching a batch the host waits only for the one launched
+/// two earlier. Five rounds of `batches` launches, after a warm-up that captures both graphs.
+fn streamed_time(
+    cuda: &Cuda,
+    path: &mut GpuPath,
+    pair: &mut [Batch<Cuda>; 2],
+    batches: usize,
+) -> anyhow::Result<f64> {
+    for batch in pair.iter_mut() {
+        path.run(cuda, batch)?;
+        path.run(cuda, batch)?;
+    }
+    cuda.synchronize()?;
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let mut in_flight: std::collections::VecDeque<CudaMark> = Default::default();
+        let start = Instant::now();
+        for i in 0..batches {
+            if in_flight.len() == 2
+                && let Some(oldest) = in_flight.pop_front()
+            {
+                oldest.wait()?;
+            }
+            path.run(cuda, &mut pair[i % 2])?;
+            in_flight.push_back(cuda.mark()?);
+        }
+        cuda.synchronize()?;
+        rounds.push(start.elapsed().as_secs_f64() * 1e6 / batches as f64);
+    }
+    Ok(median(rounds))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cuda = Cuda::new(0).context("opening the GPU")?;
@@ -486,6 +519,60 @@ fn main() -> anyhow::Result<()> {
             }
             fused.set_slice(None);
         }
+        if n < 1000 {
+            continue;
+        }
+        // The large-batch similarity on its own: the default (cuBLASLt, measured algorithm)
+        // against cublasGemmEx, and the selection on the GEMM's real score rows (their
+        // top candidates span many more fp16 keys than the uniform rows above).
+        let us = device_time(&cuda, args.reps, || {
+            Ok(score_all_items_with(
+                &cuda,
+                &guard,
+                &device_queries,
+                n,
+                &mut scratch,
+                &mut out,
+                ScoreGemm::GemmEx,
+            )?)
+        })?;
+        results.push((
+            format!("scores of 62,423 items, batch {n} (cublasGemmEx)"),
+            us,
+            "us",
+        ));
+        let mut top = TopK::new(&cuda)?;
+        score_all_items(&cuda, &guard, &device_queries, n, &mut scratch, &mut out)?;
+        let us = device_time(&cuda, args.reps, || {
+            Ok(top.enqueue(&cuda, &out, N_ITEMS, n, 100)?)
+        })?;
+        results.push((
+            format!("top-100 of 62,423 GEMM scores, {n} queries"),
+            us,
+            "us",
+        ));
+        for (gemm, name) in [
+            (ScoreGemm::Measured, "cuBLASLt measured"),
+            (ScoreGemm::GemmEx, "cublasGemmEx"),
+        ] {
+            let us = device_time(&cuda, args.reps, || {
+                score_all_items_with(
+                    &cuda,
+                    &guard,
+                    &device_queries,
+                    n,
+                    &mut scratch,
+                    &mut out,
+                    gemm,
+                )?;
+                Ok(top.enqueue(&cuda, &out, N_ITEMS, n, 100)?)
+            })?;
+            results.push((
+                format!("similarity + top-100, batch {n} (scores + select, device; {name})"),
+                us,
+                "us",
+            ));
+        }
     }
 
     let vocabulary = vocabulary(&mut rng);
@@ -580,6 +667,28 @@ fn main() -> anyhow::Result<()> {
                 "us",
             ));
         }
+    }
+    // Streamed throughput: batches launched back to back with at most two in flight, as a
+    // server double-buffers them, so the host step of batch i + 1 (user lookups, records,
+    // uploads) runs while the device works on batch i. Two `Batch`es alternate (each with its
+    // own captured graph); the stages' records reach the device in stream order, after the
+    // previous graph. Median over rounds of `rounds` batches each.
+    for n in [100usize, 1000] {
+        let mut pair = [
+            query_batch(&cuda, &mut rng, args.users, n)?,
+            query_batch(&cuda, &mut rng, args.users, n)?,
+        ];
+        let per_batch = streamed_time(&cuda, &mut path, &mut pair, args.reps.max(20))?;
+        results.push((
+            format!("path (graph), batch {n}, streamed (2 in flight), per batch"),
+            per_batch,
+            "us",
+        ));
+        results.push((
+            format!("  -> queries/s at batch {n}, streamed"),
+            n as f64 / (per_batch * 1e-6),
+            "q/s",
+        ));
     }
     // Host preparation alone (every stage's host step and uploads), per stage: the part of
     // the wall time above that the device does not see.
