@@ -35,6 +35,8 @@ mod similarity;
 #[cfg(feature = "cuda")]
 mod similarity_batch;
 #[cfg(feature = "cuda")]
+mod similarity_one;
+#[cfg(feature = "cuda")]
 mod tables;
 
 #[cfg(feature = "cuda")]
@@ -59,6 +61,8 @@ pub use similarity::{
 };
 #[cfg(feature = "cuda")]
 pub use similarity_batch::{ScoreGemm, score_all_items_with};
+#[cfg(feature = "cuda")]
+pub use similarity_one::SimilarityOne;
 #[cfg(feature = "cuda")]
 pub use tables::{DeviceTables, NO_ITEM, SharedTables, TablesConfig};
 

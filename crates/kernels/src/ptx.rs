@@ -28,6 +28,10 @@ pub const MODULES: &[PtxModule] = &[
         ptx: include_str!("../ptx/scores.ptx"),
     },
     PtxModule {
+        name: "similarity_one",
+        ptx: include_str!("../ptx/similarity_one.ptx"),
+    },
+    PtxModule {
         name: "topk",
         ptx: include_str!("../ptx/topk.ptx"),
     },

@@ -1,12 +1,14 @@
 //! The similarity stage on the GPU: scores of every item (cuBLAS fp16 GEMM with fp32
 //! accumulation, or the crate's own kernel for tiny batches), then the crate's top-K
-//! selection kernel.
+//! selection kernel; a batch of one query scores and selects in one fused kernel
+//! (`similarity_one`).
 
 use hyperrec_catalog::SharedUsers;
 use hyperrec_stage::{Batch, Event, Request, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity_batch::{self, ScoreGemm};
+use crate::similarity_one::{self, FusedOutputs, FusedWorkspace, SeenSource};
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
 
 /// Largest number of candidates the top-K kernel selects per query.
@@ -431,7 +433,11 @@ pub struct CudaSimilarity {
     users: SharedUsers,
     tables: SharedTables,
     params: SimilarityParams,
-    strategy: TopKStrategy,
+    /// The selection kernel a caller chose; `None`: the fused batch-1 kernel for one query
+    /// (`similarity_one`), the default threshold filter otherwise.
+    strategy: Option<TopKStrategy>,
+    /// Histogram, ticket and slice lists of the fused batch-1 kernel.
+    fused_one: FusedWorkspace,
     exclude_host: Vec<u32>,
     exclude: CudaBuffer<u32>,
     fused_half: CudaBuffer<u16>,
@@ -464,7 +470,8 @@ impl CudaSimilarity {
             users,
             tables,
             params,
-            strategy: TopKStrategy::default(),
+            strategy: None,
+            fused_one: FusedWorkspace::new(cuda)?,
             exclude_host: Vec::new(),
             exclude: cuda.alloc(0)?,
             fused_half: cuda.alloc(0)?,
@@ -473,9 +480,11 @@ impl CudaSimilarity {
         })
     }
 
-    /// Chooses the top-K kernel (all select the same items; tests and comparisons).
-    pub fn set_top_k_strategy(&mut self, strategy: TopKStrategy) {
-        self.strategy = strategy;
+    /// Chooses the top-K kernel (all select the same items; tests and comparisons). A
+    /// chosen strategy also runs at batch 1, where the stage otherwise scores and selects in
+    /// one fused kernel; `None` restores that automatic choice.
+    pub fn set_top_k_strategy(&mut self, strategy: impl Into<Option<TopKStrategy>>) {
+        self.strategy = strategy.into();
     }
 
     /// Pre-launch host step: whose seen set each query excludes, uploaded (`notes.excluded`
@@ -578,6 +587,39 @@ impl CudaSimilarity {
             }
             _ => &batch.fused,
         };
+        let prior = (batch.item_prior.len() == n * n_items).then_some(&batch.item_prior);
+        // One query, no prior, no strategy chosen: scores and selection in one kernel.
+        if n == 1
+            && prior.is_none()
+            && self.strategy.is_none()
+            && similarity_one::supports(n_items, dim, k)
+        {
+            let (offsets, lens, items) = tables.seen();
+            let seen = SeenSource {
+                users: self.exclude.device_ptr(),
+                offsets: offsets.device_ptr(),
+                lens: lens.device_ptr(),
+                items: items.device_ptr(),
+            };
+            similarity_one::enqueue_fused(
+                cuda,
+                tables.items(),
+                n_items,
+                dim,
+                queries.device_ptr(),
+                seen,
+                k,
+                &mut self.fused_one,
+                FusedOutputs {
+                    scores: &mut self.scores,
+                    ids: &mut batch.candidate_ids,
+                    top_scores: &mut batch.candidate_scores,
+                },
+                None,
+                None,
+            )?;
+            return Ok(());
+        }
         enqueue_scores(
             cuda,
             tables.items(),
@@ -588,7 +630,6 @@ impl CudaSimilarity {
             &mut self.fused_half,
             &mut self.scores,
         )?;
-        let prior = (batch.item_prior.len() == n * n_items).then_some(&batch.item_prior);
         enqueue_top_k(
             cuda,
             &self.scores,
@@ -600,7 +641,7 @@ impl CudaSimilarity {
                 users: &self.exclude,
                 tables: &tables,
             }),
-            self.strategy,
+            self.strategy.unwrap_or_default(),
             &mut batch.candidate_ids,
             &mut batch.candidate_scores,
         )?;
@@ -616,6 +657,8 @@ impl CudaSimilarity {
             self.fused_half.device_ptr(),
             self.fused_offset.device_ptr(),
             self.scores.device_ptr(),
+            self.fused_one.device_ptr(),
+            self.strategy.map_or(0, |s| s as u64 + 1),
             tables.items().device_ptr(),
             offsets.device_ptr(),
             lens.device_ptr(),
@@ -630,7 +673,8 @@ impl CudaSimilarity {
             workspace: self.scores.allocated_bytes()
                 + self.fused_half.allocated_bytes()
                 + self.fused_offset.allocated_bytes()
-                + self.exclude.allocated_bytes(),
+                + self.exclude.allocated_bytes()
+                + self.fused_one.allocated_bytes(),
             ..MemoryReport::default()
         }
     }

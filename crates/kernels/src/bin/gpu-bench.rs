@@ -3,8 +3,8 @@
 //!
 //! `gpu-bench [--users N] [--reps N] [--big-users N] [--profile-batch1 N] [--profile-size S]`
 //! (defaults: 100000, 50, 10000000, 0, 1; a nonzero `--profile-batch1` only runs the path at
-//! batch size `--profile-size` that many times,
-//! for a profiler).
+//! batch size `--profile-size` that many times, then as many times with the two-kernel
+//! similarity (GEMV + threshold filter) instead of the fused batch-1 kernel, for a profiler).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +20,8 @@ use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaMark, CudaRerank, CudaSimilarity,
-    DeviceTables, GpuPath, RerankKernel, ScoreGemm, SharedTables, SimilarityParams, TablesConfig,
-    TopK, TopKStrategy, score_all_items, score_all_items_with,
+    DeviceTables, GpuPath, RerankKernel, ScoreGemm, SharedTables, SimilarityOne, SimilarityParams,
+    TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -226,6 +226,99 @@ fn wall_time(
     Ok(median(times))
 }
 
+/// Phase marks of the fused batch-1 kernel (`SimilarityOne::enqueue_traced`), medians over
+/// `reps` launches: per block (median and slowest block) the query barrier, scoring, the
+/// slice sort with its histogram atomics, and the fence with the ticket, in SM cycles; the
+/// spread of the blocks' tickets and the whole kernel on the global timer (ns); the last
+/// block's phases in cycles.
+fn fused_phases(
+    cuda: &Cuda,
+    fused: &mut SimilarityOne,
+    tables: &DeviceTables,
+    queries: &hyperrec_kernels::CudaBuffer<f32>,
+    seen: &hyperrec_kernels::CudaBuffer<u32>,
+    reps: usize,
+    results: &mut Vec<(String, f64, &str)>,
+) -> anyhow::Result<()> {
+    const NAMES: [(&str, &str); 16] = [
+        ("per block: query barrier, median", "cycles"),
+        ("per block: query barrier, slowest", "cycles"),
+        ("per block: scoring (+ seen list), median", "cycles"),
+        ("per block: scoring (+ seen list), slowest", "cycles"),
+        (
+            "per block: slice sort + histogram atomics, median",
+            "cycles",
+        ),
+        (
+            "per block: slice sort + histogram atomics, slowest",
+            "cycles",
+        ),
+        ("per block: fence + ticket, median", "cycles"),
+        ("per block: fence + ticket, slowest", "cycles"),
+        ("first block start -> last block start", "ns"),
+        ("first ticket -> last ticket", "ns"),
+        ("first block start -> last ticket", "ns"),
+        ("last block: histogram read + k-th bin", "cycles"),
+        ("last block: gather", "cycles"),
+        ("last block: sort + write", "cycles"),
+        ("first block start -> last block end", "ns"),
+        ("candidates gathered (tie fallback runs: +100000)", "count"),
+    ];
+    let mut trace = cuda.zeros::<u32>(0)?;
+    let mut per_metric: Vec<Vec<f64>> = vec![Vec::new(); NAMES.len()];
+    let mut host = Vec::new();
+    for rep in 0..reps + 5 {
+        fused.enqueue_traced(
+            cuda,
+            tables.items(),
+            N_ITEMS,
+            DIM,
+            queries,
+            Some((seen, seen.len())),
+            100,
+            Some(&mut trace),
+        )?;
+        cuda.download(&trace, &mut host)?;
+        if rep < 5 {
+            continue;
+        }
+        let blocks = host.len() / 8 - 1;
+        let at = |b: usize, i: usize| host[b * 8 + i];
+        let span = |b: usize, from: usize, to: usize| at(b, to).wrapping_sub(at(b, from)) as f64;
+        let mut metrics = Vec::with_capacity(NAMES.len());
+        for (from, to) in [(2, 3), (3, 4), (4, 5), (5, 6)] {
+            let mut v: Vec<f64> = (0..blocks).map(|b| span(b, from, to)).collect();
+            v.sort_by(f64::total_cmp);
+            metrics.push(v[v.len() / 2]);
+            metrics.push(v[v.len() - 1]);
+        }
+        // Global timer relative to block 0's start (wrapping 32-bit nanoseconds).
+        let reference = at(0, 0);
+        let rel = |x: u32| x.wrapping_sub(reference) as i32 as f64;
+        let starts: Vec<f64> = (0..blocks).map(|b| rel(at(b, 0))).collect();
+        let tickets: Vec<f64> = (0..blocks).map(|b| rel(at(b, 1))).collect();
+        let first_start = starts.iter().copied().fold(f64::INFINITY, f64::min);
+        let last_start = starts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let first_ticket = tickets.iter().copied().fold(f64::INFINITY, f64::min);
+        let last_ticket = tickets.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        metrics.push(last_start - first_start);
+        metrics.push(last_ticket - first_ticket);
+        metrics.push(last_ticket - first_start);
+        metrics.push(span(blocks, 0, 1));
+        metrics.push(span(blocks, 1, 2));
+        metrics.push(span(blocks, 2, 3));
+        metrics.push(rel(at(blocks, 4)) - first_start);
+        metrics.push(f64::from(at(blocks, 6)) + 100_000.0 * f64::from(at(blocks, 5)));
+        for (metric, value) in per_metric.iter_mut().zip(metrics) {
+            metric.push(value);
+        }
+    }
+    for ((name, unit), values) in NAMES.iter().zip(per_metric) {
+        results.push((format!("fused trace: {name}"), median(values), unit));
+    }
+    Ok(())
+}
+
 /// Median wall time (µs) per batch of the path over `pair`'s batches launched alternately,
 /// at most two in flight: before launching a batch the host waits only for the one launched
 /// two earlier. Five rounds of `batches` launches, after a warm-up that captures both graphs.
@@ -280,6 +373,14 @@ fn main() -> anyhow::Result<()> {
         let vocabulary = vocabulary(&mut rng);
         let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
         let mut batch = query_batch(&cuda, &mut rng, args.users, args.profile_size)?;
+        for _ in 0..args.profile_batch1 {
+            path.run(&cuda, &mut batch)?;
+            cuda.synchronize()?;
+        }
+        // Then the two-kernel similarity (GEMV + threshold filter), which batch 1 used before
+        // the fused kernel, so one profile shows both.
+        path.similarity
+            .set_top_k_strategy(TopKStrategy::SampledThreshold);
         for _ in 0..args.profile_batch1 {
             path.run(&cuda, &mut batch)?;
             cuda.synchronize()?;
@@ -346,6 +447,78 @@ fn main() -> anyhow::Result<()> {
             us,
             "us",
         ));
+        if n == 1 {
+            // The batch-1 similarity stage's device work: the two-kernel path (GEMV, then
+            // the one-block threshold filter) against the fused kernel, without and with a
+            // 50-item seen list (the bench users' history length).
+            let mut top = TopK::new(&cuda)?;
+            let us = device_time(&cuda, args.reps, || {
+                score_all_items(&cuda, &guard, &device_queries, 1, &mut scratch, &mut out)?;
+                Ok(top.enqueue(&cuda, &out, N_ITEMS, 1, 100)?)
+            })?;
+            results.push((
+                "similarity + top-100, batch 1 (GEMV + topk_filter_wide)".into(),
+                us,
+                "us",
+            ));
+            let seen: Vec<u32> = (0..50)
+                .map(|_| rng.random_range(0..N_ITEMS as u32))
+                .collect();
+            let mut device_seen = cuda.zeros::<u32>(seen.len())?;
+            cuda.upload(&seen, &mut device_seen)?;
+            let mut fused = SimilarityOne::new(&cuda)?;
+            for (label, seen) in [("", None), (", 50 seen excluded", Some((&device_seen, 50)))] {
+                let us = device_time(&cuda, args.reps, || {
+                    Ok(fused.enqueue(
+                        &cuda,
+                        guard.items(),
+                        N_ITEMS,
+                        DIM,
+                        &device_queries,
+                        seen,
+                        100,
+                    )?)
+                })?;
+                results.push((
+                    format!("similarity + top-100, batch 1 (fused){label}"),
+                    us,
+                    "us",
+                ));
+            }
+            fused_phases(
+                &cuda,
+                &mut fused,
+                &guard,
+                &device_queries,
+                &device_seen,
+                args.reps,
+                &mut results,
+            )?;
+            // Other slice sizes (blocks = 62,423 / slice) of the same kernel.
+            for slice in [64usize, 96, 128, 192, 256] {
+                fused.set_slice(Some(slice));
+                let us = device_time(&cuda, args.reps, || {
+                    Ok(fused.enqueue(
+                        &cuda,
+                        guard.items(),
+                        N_ITEMS,
+                        DIM,
+                        &device_queries,
+                        Some((&device_seen, 50)),
+                        100,
+                    )?)
+                })?;
+                results.push((
+                    format!(
+                        "similarity + top-100, batch 1 (fused, {slice} items per block, {} blocks), 50 seen",
+                        N_ITEMS.div_ceil(slice)
+                    ),
+                    us,
+                    "us",
+                ));
+            }
+            fused.set_slice(None);
+        }
         if n < 1000 {
             continue;
         }
@@ -494,6 +667,24 @@ fn main() -> anyhow::Result<()> {
             us,
             "us",
         ));
+        if n == 1 {
+            // The two-kernel similarity (GEMV + threshold filter) the fused kernel replaced.
+            path.similarity
+                .set_top_k_strategy(TopKStrategy::SampledThreshold);
+            let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            let events = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            path.similarity.set_top_k_strategy(None);
+            results.push((
+                "path (graph), batch 1, wall per batch (two-kernel similarity)".into(),
+                us,
+                "us",
+            ));
+            results.push((
+                "path (graph), batch 1, events (two-kernel similarity)".into(),
+                events,
+                "us",
+            ));
+        }
     }
     // Streamed throughput: batches launched back to back with at most two in flight, as a
     // server double-buffers them, so the host step of batch i + 1 (user lookups, records,

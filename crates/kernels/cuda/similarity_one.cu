@@ -1,0 +1,518 @@
+// The batch-1 similarity stage in one kernel: scores of one query against every item and
+// the exact top-k of them (seen items excluded), with the selection spread over the GEMV's
+// blocks instead of a separate single-block pass.
+//
+// Why: a one-row top-K in one block is bound by how fast one SM pulls the 125 KB score row
+// from L2 and by its barriers (~20 us, see gpu-notes.md). Here every block already holds its
+// slice of the scores when its GEMV ends, so each block
+//   1. scores its contiguous slice of items (half a warp per row, 16-byte loads, as
+//      item_scores_one) and writes the fp16 scores as before,
+//   2. masks the user's seen items (one extra warp reads the seen list while the others
+//      compute), sorts its slice's order keys in shared memory (rank sort, <= 256 entries),
+//      writes the sorted slice to a global list and adds its key counts to a global
+//      4096-bin histogram of the keys' high 12 bits (two atomics per distinct bin),
+//   3. takes a ticket; the last block to finish finds the bin of the k-th best key in the
+//      histogram, gathers from every slice's sorted list only the prefix at or above that bin
+//      (a few entries per slice), sorts those and writes the top k. It then clears the
+//      histogram and the ticket, so the next launch (or graph replay) needs no memset.
+// Nothing waits for another block, so the grid needs no co-residency (no cooperative launch).
+//
+// Exactness: the candidates are every eligible item whose key's bin is at or above the bin
+// of the k-th best key, a superset of the top k; sorting them by (key, smaller index) gives
+// exactly the selection of topk.cu (NaN excluded, -0 == +0, ties by the smaller index). When
+// that bin holds too many items to sort (more than CAND_CAP candidates, e.g. heavily tied
+// scores), the last block resolves the bin's low 4 key bits and takes the ties in index
+// order instead (the slices' lists are sorted by key, then index).
+#include <cuda_fp16.h>
+
+#define NO_USER 0xffffffffu
+#define NO_ITEM 0xffffffffu
+#define GEMV_WARPS 8                          // warps scoring rows in each block
+#define ONE_THREADS ((GEMV_WARPS + 1) * 32)   // plus one warp reading the seen list
+#define MAX_SLICE 256                         // items per block at most (rank-sort size)
+#define MAX_CHUNKS 4                          // dim / 128
+#define MAX_DIM (MAX_CHUNKS * 128)
+#define BINS 4096                             // the order key's high 12 bits
+#define HIST_PER_THREAD ((BINS + ONE_THREADS - 1) / ONE_THREADS)
+#define CAND_CAP 2048                         // candidates the last block sorts in shared memory
+#define SEEN_WARP_ITEMS 256                   // seen entries the seen warp handles (8 per lane)
+// Workspace (u32 words): histogram, ticket, then the slices' sorted lists.
+#define WS_TICKET BINS
+#define WS_LISTS (BINS + 16)
+
+// fp16 bits -> 16-bit key whose unsigned order is the float order; 0 = excluded. NaN is
+// excluded, -0 keys as +0 (as order_key in topk.cu, which the results must equal).
+__device__ __forceinline__ unsigned order_key(unsigned short bits) {
+    if ((bits & 0x7fffu) > 0x7c00u) return 0u;
+    if (bits == 0x8000u) bits = 0;
+    return (bits & 0x8000u) ? (~bits & 0xffffu) : (bits | 0x8000u);
+}
+
+__device__ __forceinline__ float key_score(unsigned key) {
+    const unsigned short bits =
+        (key & 0x8000u) ? (unsigned short)(key & 0x7fffu) : (unsigned short)(~key & 0xffffu);
+    return __half2float(__ushort_as_half(bits));
+}
+
+// Candidate as in topk.cu: (key << 32) | ~index, larger is better, equal keys by smaller index.
+__device__ __forceinline__ unsigned long long pack(unsigned key, unsigned index) {
+    return ((unsigned long long)key << 32) | (unsigned long long)(NO_ITEM - index);
+}
+
+// A slice entry: (key << 16) | (0xffff - local index). Sorted descending: better keys first,
+// equal keys by smaller index. Its key is entry >> 16, its bin entry >> 20.
+__device__ __forceinline__ unsigned entry_index(unsigned entry, unsigned slice_begin) {
+    return slice_begin + (0xffffu - (entry & 0xffffu));
+}
+
+// Inclusive prefix sum over the block. Ends with a barrier so `scratch` (32 words) can be
+// reused at once.
+__device__ unsigned block_inclusive_scan(unsigned value, unsigned* scratch) {
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (unsigned offset = 1; offset < 32; offset <<= 1) {
+        const unsigned other = __shfl_up_sync(0xffffffffu, value, offset);
+        if (lane >= offset) value += other;
+    }
+    if (lane == 31) scratch[warp] = value;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned total = lane < (ONE_THREADS >> 5) ? scratch[lane] : 0u;
+        for (unsigned offset = 1; offset < 32; offset <<= 1) {
+            const unsigned other = __shfl_up_sync(0xffffffffu, total, offset);
+            if (lane >= offset) total += other;
+        }
+        scratch[lane] = total;
+    }
+    __syncthreads();
+    if (warp > 0) value += scratch[warp - 1];
+    __syncthreads();
+    return value;
+}
+
+// Bitonic sort of `padded` (a power of two) candidates, descending. Starts and ends with a
+// barrier.
+__device__ void sort_descending(unsigned long long* values, unsigned padded) {
+    for (unsigned size = 2; size <= padded; size <<= 1) {
+        for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (unsigned i = threadIdx.x; i < (padded >> 1); i += ONE_THREADS) {
+                const unsigned lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+                const bool descending = (lo & size) == 0;
+                const unsigned long long a = values[lo], b = values[hi];
+                if ((a < b) == descending) {
+                    values[lo] = b;
+                    values[hi] = a;
+                }
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Writes the best `k_eff` of the `count` (>= k_eff) distinct candidates in `cand` to out[0..k)
+// in order, padding the rest with NO_ITEM / -inf. Up to a block's worth of candidates, each
+// thread ranks one candidate against all (one barrier); more are bitonic-sorted.
+__device__ void write_best(unsigned long long* cand, unsigned count, unsigned k_eff, unsigned k,
+                           unsigned* __restrict__ out_ids, float* __restrict__ out_scores) {
+    const unsigned t = threadIdx.x;
+    __syncthreads();
+    if (count <= ONE_THREADS) {
+        if (t < count) {
+            const unsigned long long mine = cand[t];
+            unsigned rank = 0;
+#pragma unroll 8
+            for (unsigned j = 0; j < count; ++j) rank += cand[j] > mine;
+            if (rank < k_eff) {
+                out_ids[rank] = NO_ITEM - (unsigned)(mine & 0xffffffffull);
+                out_scores[rank] = key_score((unsigned)(mine >> 32));
+            }
+        }
+    } else {
+        unsigned padded = 1;
+        while (padded < count) padded <<= 1;
+        for (unsigned i = count + t; i < padded; i += ONE_THREADS) cand[i] = 0;
+        sort_descending(cand, padded);
+        for (unsigned i = t; i < k_eff; i += ONE_THREADS) {
+            out_ids[i] = NO_ITEM - (unsigned)(cand[i] & 0xffffffffull);
+            out_scores[i] = key_score((unsigned)(cand[i] >> 32));
+        }
+    }
+    for (unsigned i = k_eff + t; i < k; i += ONE_THREADS) {
+        out_ids[i] = NO_ITEM;
+        out_scores[i] = -INFINITY;
+    }
+}
+
+// Phase marks for a measurement harness (`trace` non-null): the low 32 bits of the SM clock
+// and of the global nanosecond timer.
+__device__ __forceinline__ unsigned clock_mark() { return (unsigned)clock64(); }
+__device__ __forceinline__ unsigned global_mark() {
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+    return (unsigned)ns;
+}
+
+// Marks the seen items of this block's slice [begin, begin + count) in `seen_bits`: entries
+// first .. len of the user's list, `stride` threads from thread `from`, 8 loads in flight each.
+// Seen lists may repeat items or hold NO_ITEM padding: only marks are set.
+__device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, unsigned first,
+                                          unsigned len, unsigned from, unsigned stride,
+                                          unsigned begin, unsigned count, unsigned* seen_bits) {
+    for (unsigned base = first + from; base < len; base += 8 * stride) {
+        unsigned item[8];
+#pragma unroll
+        for (unsigned u = 0; u < 8; ++u) {
+            const unsigned i = base + u * stride;
+            item[u] = i < len ? list[i] : NO_ITEM;
+        }
+#pragma unroll
+        for (unsigned u = 0; u < 8; ++u) {
+            const unsigned local = item[u] - begin;  // wraps past `count` below the slice
+            if (local < count) atomicOr(&seen_bits[local >> 5], 1u << (local & 31));
+        }
+    }
+}
+
+// One query: scores[j] = fp16(query . items[j]) for every item, and the best k (1..=1024)
+// eligible items into out_ids / out_scores ([k], best first, ties by the smaller index,
+// padded with NO_ITEM / -inf).
+//   items:      [n_items, dim] fp16, dim a multiple of 128 up to 512
+//   slice:      items per block (a multiple of 32, <= MAX_SLICE); the grid is
+//               ceil(n_items / slice) blocks of ONE_THREADS threads
+//   exclude_user, seen_*: as topk_filter (exclude_user[0] is the query's user or NO_USER;
+//               null for no exclusion)
+//   workspace:  WS_LISTS + grid * slice words, all zero before the first launch; every launch
+//               leaves the histogram and ticket zero again (the lists are scratch)
+//   trace:      null, or (grid + 1) * 8 words of phase marks (see gpu-bench --trace-fused)
+extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
+similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
+                     const float* __restrict__ query, unsigned dim, unsigned slice,
+                     const unsigned* __restrict__ exclude_user,
+                     const unsigned* __restrict__ seen_offsets,
+                     const unsigned* __restrict__ seen_lens,
+                     const unsigned* __restrict__ seen_items, unsigned k,
+                     __half* __restrict__ scores, unsigned* __restrict__ workspace,
+                     unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
+                     unsigned* __restrict__ trace) {
+    __shared__ __align__(16) float query_s[MAX_DIM];
+    __shared__ __align__(16) unsigned entries[MAX_SLICE];  // this slice's entries, by item
+    // This slice sorted (other blocks), or the last block's candidates.
+    __shared__ __align__(16) unsigned long long cand[CAND_CAP];
+    __shared__ unsigned seen_bits[MAX_SLICE / 32];
+    __shared__ unsigned scratch[32];
+    __shared__ unsigned misc[16];
+    unsigned* sorted = reinterpret_cast<unsigned*>(cand);
+    unsigned* hist = workspace;
+    unsigned* lists = workspace + WS_LISTS;
+
+    const unsigned t = threadIdx.x, warp = t >> 5, lane = t & 31;
+    const unsigned begin = blockIdx.x * slice;
+    const unsigned count = min(slice, n_items - begin);  // the grid covers n_items exactly
+    unsigned* mark = trace ? trace + blockIdx.x * 8 : nullptr;
+    if (mark && t == 0) {
+        mark[0] = global_mark();
+        mark[2] = clock_mark();
+    }
+
+    // The first rows' loads go out before the barrier that publishes the query, so the
+    // query's own load latency overlaps them.
+    const unsigned sub = lane & 15, side = lane >> 4, chunks = dim >> 7;
+    uint4 a[MAX_CHUNKS], b[MAX_CHUNKS];
+    auto load_rows = [&](unsigned first) {
+        const unsigned row_a = first + side, row_b = first + 2 + side;
+#pragma unroll
+        for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+            a[c] = b[c] = make_uint4(0, 0, 0, 0);
+            if (c < chunks) {
+                if (row_a < count)
+                    a[c] = *reinterpret_cast<const uint4*>(
+                        items + (size_t)(begin + row_a) * dim + c * 128 + sub * 8);
+                if (row_b < count)
+                    b[c] = *reinterpret_cast<const uint4*>(
+                        items + (size_t)(begin + row_b) * dim + c * 128 + sub * 8);
+            }
+        }
+    };
+    if (warp < GEMV_WARPS) load_rows(warp * 4);
+    for (unsigned i = t; i < dim; i += ONE_THREADS) query_s[i] = query[i];
+    if (t < MAX_SLICE / 32) seen_bits[t] = 0;
+    // Entries past the slice stay 0, which never ranks above a real entry.
+    for (unsigned i = t; i < MAX_SLICE; i += ONE_THREADS) entries[i] = 0;
+    if (t < 16) misc[t] = 0;
+    __syncthreads();
+    if (mark && t == 0) mark[3] = clock_mark();
+
+    if (warp < GEMV_WARPS) {
+        // 1. Scores: a warp takes four consecutive rows per step, half a warp per row pair;
+        // lane `sub` of half `side` reads 16 bytes of rows r + side and r + 2 + side per
+        // 128-column chunk, all loads issued before any product.
+        for (unsigned first = warp * 4; first < count; first += GEMV_WARPS * 4) {
+            if (first != warp * 4) load_rows(first);
+            const unsigned row_a = first + side, row_b = first + 2 + side;
+            float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+            for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+                if (c < chunks) {
+                    const float4 q0 = *reinterpret_cast<const float4*>(query_s + c * 128 + sub * 8);
+                    const float4 q1 = *reinterpret_cast<const float4*>(query_s + c * 128 + sub * 8 + 4);
+                    const float qv[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+                    const __half2* ha = reinterpret_cast<const __half2*>(&a[c]);
+                    const __half2* hb = reinterpret_cast<const __half2*>(&b[c]);
+#pragma unroll
+                    for (unsigned e = 0; e < 4; ++e) {
+                        const float2 fa = __half22float2(ha[e]), fb = __half22float2(hb[e]);
+                        sa += qv[2 * e] * fa.x + qv[2 * e + 1] * fa.y;
+                        sb += qv[2 * e] * fb.x + qv[2 * e + 1] * fb.y;
+                    }
+                }
+            }
+            // Sum over the 16 lanes of each half (xor offsets below 16 stay within the half).
+#pragma unroll
+            for (unsigned offset = 8; offset > 0; offset >>= 1) {
+                sa += __shfl_xor_sync(0xffffffffu, sa, offset);
+                sb += __shfl_xor_sync(0xffffffffu, sb, offset);
+            }
+            if (sub == 0) {
+                if (row_a < count) {
+                    const __half h = __float2half_rn(sa);
+                    scores[begin + row_a] = h;
+                    entries[row_a] = (order_key(__half_as_ushort(h)) << 16) | (0xffffu - row_a);
+                }
+                if (row_b < count) {
+                    const __half h = __float2half_rn(sb);
+                    scores[begin + row_b] = h;
+                    entries[row_b] = (order_key(__half_as_ushort(h)) << 16) | (0xffffu - row_b);
+                }
+            }
+        }
+    } else if (exclude_user != nullptr) {
+        // The seen warp: its dependent loads (user -> run -> items) overlap the GEMV.
+        const unsigned user = exclude_user[0];
+        if (user != NO_USER) {
+            const unsigned run = seen_offsets[user], len = seen_lens[user];
+            if (lane == 0) {
+                misc[0] = run;
+                misc[1] = len;
+            }
+            mark_seen(seen_items + run, 0, min(len, (unsigned)SEEN_WARP_ITEMS), lane, 32, begin,
+                      count, seen_bits);
+        }
+    }
+    __syncthreads();
+    // Long seen lists: the rest with every thread.
+    if (misc[1] > SEEN_WARP_ITEMS) {
+        mark_seen(seen_items + misc[0], SEEN_WARP_ITEMS, misc[1], t, ONE_THREADS, begin, count,
+                  seen_bits);
+        __syncthreads();
+    }
+    if (mark && t == 0) mark[4] = clock_mark();
+
+    // 2. Seen items' keys to 0, rank sort of the slice, its list and histogram counts.
+    unsigned mine = 0;
+    if (t < count) {
+        mine = entries[t];
+        if ((seen_bits[t >> 5] >> (t & 31)) & 1u) mine &= 0xffffu;
+    }
+    __syncthreads();
+    if (t < count) entries[t] = mine;
+    __syncthreads();
+    if (t < count) {
+        unsigned rank = 0;
+        const uint4* all = reinterpret_cast<const uint4*>(entries);
+#pragma unroll 4
+        for (unsigned j = 0; j < (count + 3) / 4; ++j) {
+            const uint4 v = all[j];
+            rank += (v.x > mine) + (v.y > mine) + (v.z > mine) + (v.w > mine);
+        }
+        sorted[rank] = mine;
+    }
+    __syncthreads();
+    if (t < count) {
+        const unsigned entry = sorted[t], bin = entry >> 20;
+        lists[begin + t] = entry;
+        // Entries of one bin are consecutive: the run's last entry finds the run's first
+        // (binary search over the descending bins) and adds the run's length, one atomic
+        // per distinct bin.
+        if (bin != 0 && (t + 1 == count || (sorted[t + 1] >> 20) != bin)) {
+            unsigned lo = 0, hi = t;
+            while (lo < hi) {
+                const unsigned mid = (lo + hi) >> 1;
+                if ((sorted[mid] >> 20) > bin) lo = mid + 1;
+                else hi = mid;
+            }
+            atomicAdd(&hist[bin], t + 1 - lo);
+        }
+    }
+    if (mark) {
+        __syncthreads();
+        if (t == 0) mark[5] = clock_mark();
+    }
+
+    // 3. The last block to finish selects.
+    __threadfence();
+    __syncthreads();
+    if (t == 0) misc[2] = atomicAdd(&workspace[WS_TICKET], 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (mark && t == 0) {
+        mark[1] = global_mark();
+        mark[6] = clock_mark();
+    }
+    if (misc[2] == 0) return;
+    __threadfence();
+    unsigned* last_mark = trace ? trace + gridDim.x * 8 : nullptr;
+    if (last_mark && t == 0) last_mark[0] = clock_mark();
+
+    // The histogram, read from L2 and cleared for the next launch; thread t holds bins
+    // BINS-1 - t*HIST_PER_THREAD downwards, so one scan finds the bin of the k_eff-th best.
+    unsigned held[HIST_PER_THREAD];
+    unsigned held_total = 0;
+#pragma unroll
+    for (unsigned i = 0; i < HIST_PER_THREAD; ++i) {
+        const unsigned rank_order = t * HIST_PER_THREAD + i;
+        held[i] = rank_order < BINS ? __ldcg(&hist[BINS - 1 - rank_order]) : 0u;
+        held_total += held[i];
+    }
+#pragma unroll
+    for (unsigned i = 0; i < HIST_PER_THREAD; ++i) {
+        const unsigned rank_order = t * HIST_PER_THREAD + i;
+        if (rank_order < BINS) __stcg(&hist[BINS - 1 - rank_order], 0u);
+    }
+    if (t == 0) workspace[WS_TICKET] = 0;
+    const unsigned through = block_inclusive_scan(held_total, scratch);
+    if (t == ONE_THREADS - 1) misc[3] = through;  // eligible items
+    __syncthreads();
+    const unsigned k_eff = min(k, misc[3]);
+    if (k_eff == 0) {
+        for (unsigned i = t; i < k; i += ONE_THREADS) {
+            out_ids[i] = NO_ITEM;
+            out_scores[i] = -INFINITY;
+        }
+        return;
+    }
+    {
+        unsigned above = through - held_total;
+        if (above < k_eff && k_eff <= through) {
+#pragma unroll
+            for (unsigned i = 0; i < HIST_PER_THREAD; ++i) {
+                if (above < k_eff && k_eff <= above + held[i]) {
+                    misc[4] = BINS - 1 - (t * HIST_PER_THREAD + i);  // the k_eff-th best's bin
+                    misc[5] = above;                                 // items in better bins
+                    misc[6] = held[i];                               // items in that bin
+                }
+                above += held[i];
+            }
+        }
+    }
+    __syncthreads();
+    const unsigned kth_bin = misc[4], above_bin = misc[5], in_bin = misc[6];
+    const unsigned n_slices = gridDim.x;
+    if (last_mark && t == 0) {
+        last_mark[1] = clock_mark();
+        last_mark[5] = above_bin + in_bin > CAND_CAP;  // 1: the tie fallback runs
+        last_mark[6] = above_bin + in_bin;              // candidates
+    }
+
+    if (above_bin + in_bin <= CAND_CAP) {
+        // Every eligible entry at or above the bin: each slice's list starts with them. A
+        // thread takes two slices at a time with both first loads in flight (a slice rarely
+        // holds more than four such entries).
+        auto take = [&](unsigned s, uint4 v) {
+            const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+            for (unsigned r = 0; r < s_count; r += 4) {
+                if (r > 0) v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
+                const unsigned e[4] = {v.x, v.y, v.z, v.w};
+                bool more = true;
+#pragma unroll
+                for (unsigned u = 0; u < 4; ++u) {
+                    if (more && r + u < s_count && (e[u] >> 20) >= kth_bin) {
+                        cand[atomicAdd(&misc[7], 1u)] = pack(e[u] >> 16, entry_index(e[u], s_begin));
+                    } else {
+                        more = false;
+                    }
+                }
+                if (!more) break;
+            }
+        };
+        for (unsigned s = t; s < n_slices; s += 2 * ONE_THREADS) {
+            const unsigned s2 = s + ONE_THREADS;
+            const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s * slice));
+            const uint4 v2 = s2 < n_slices
+                ? __ldcg(reinterpret_cast<const uint4*>(lists + s2 * slice))
+                : make_uint4(0, 0, 0, 0);
+            take(s, v);
+            if (s2 < n_slices) take(s2, v2);
+        }
+        __syncthreads();
+        if (last_mark && t == 0) last_mark[2] = clock_mark();
+        write_best(cand, misc[7], k_eff, k, out_ids, out_scores);
+        if (last_mark) {
+            __syncthreads();
+            if (t == 0) {
+                last_mark[3] = clock_mark();
+                last_mark[4] = global_mark();
+            }
+        }
+        return;
+    }
+
+    // Too many candidates in the k_eff-th best's bin (heavy ties): its low 4 key bits give the
+    // exact threshold key, then keys above it and the first ties in index order.
+    unsigned* low_hist = scratch;  // 16 bins; scratch is free between scans
+    if (t < 16) low_hist[t] = 0;
+    __syncthreads();
+    for (unsigned s = t; s < n_slices; s += ONE_THREADS) {
+        const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+        for (unsigned r = 0; r < s_count; ++r) {
+            const unsigned e = __ldcg(lists + s_begin + r);
+            if ((e >> 20) < kth_bin) break;
+            if ((e >> 20) == kth_bin) atomicAdd(&low_hist[(e >> 16) & 0xfu], 1u);
+        }
+    }
+    __syncthreads();
+    if (t == 0) {
+        unsigned above = above_bin, low = 15;
+        for (;; --low) {
+            if (k_eff <= above + low_hist[low] || low == 0) break;
+            above += low_hist[low];
+        }
+        misc[8] = (kth_bin << 4) | low;  // the k_eff-th best key
+        misc[9] = above;                 // keys strictly above it
+    }
+    __syncthreads();
+    const unsigned threshold = misc[8], better = misc[9], ties_needed = k_eff - better;
+    // Contiguous runs of slices per thread keep the ties in index order.
+    const unsigned per_thread = (n_slices + ONE_THREADS - 1) / ONE_THREADS;
+    const unsigned s_first = min(t * per_thread, n_slices);
+    const unsigned s_last = min(s_first + per_thread, n_slices);
+    unsigned ties = 0;
+    for (unsigned s = s_first; s < s_last; ++s) {
+        const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+        for (unsigned r = 0; r < s_count; ++r) {
+            const unsigned e = __ldcg(lists + s_begin + r), key = e >> 16;
+            if (key < threshold) break;
+            if (key > threshold) cand[atomicAdd(&misc[10], 1u)] = pack(key, entry_index(e, s_begin));
+            else ++ties;
+        }
+    }
+    const unsigned tie_end = block_inclusive_scan(ties, scratch);
+    unsigned tie_rank = tie_end - ties;
+    for (unsigned s = s_first; s < s_last && tie_rank < ties_needed; ++s) {
+        const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+        for (unsigned r = 0; r < s_count && tie_rank < ties_needed; ++r) {
+            const unsigned e = __ldcg(lists + s_begin + r), key = e >> 16;
+            if (key < threshold) break;
+            if (key == threshold) {
+                cand[better + tie_rank] = pack(key, entry_index(e, s_begin));
+                ++tie_rank;
+            }
+        }
+    }
+    write_best(cand, k_eff, k_eff, k, out_ids, out_scores);
+    if (last_mark) {
+        __syncthreads();
+        if (t == 0) {
+            last_mark[3] = clock_mark();
+            last_mark[4] = global_mark();
+        }
+    }
+}
