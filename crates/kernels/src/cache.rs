@@ -53,7 +53,7 @@ use hyperrec_stage::{Batch, Event, ItemId, ItemIndex, Stage, StageError};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity::{
-    MAX_CANDIDATES, TopKStrategy, enqueue_scores, enqueue_top_k, filter_capacity, score_ld,
+    MAX_CANDIDATES, TopKStrategy, enqueue_scores, enqueue_top_k, filter_capacity, score_row_stride,
     topk_filter_shared_bytes, topk_shared_bytes,
 };
 use crate::{CudaError, MemoryReport, NO_ITEM, SharedTables};
@@ -328,7 +328,7 @@ impl CudaCache {
             pending: None,
             released: None,
             hot_embeddings: cuda.alloc(capacity * dim)?,
-            chunk: cuda.alloc(chunk_rows * score_ld(n_items))?,
+            chunk: cuda.alloc(chunk_rows * score_row_stride(n_items))?,
             chunk_host: Vec::new(),
             offsets_host: Vec::new(),
             slots_host: Vec::new(),
@@ -354,7 +354,7 @@ impl CudaCache {
             host_misses: false,
             fold: false,
             folded: false,
-            one_row: cuda.alloc(score_ld(n_items))?,
+            one_row: cuda.alloc(score_row_stride(n_items))?,
             one_col: cuda.alloc(1)?,
             one_query: cuda.alloc(dim)?,
             one_query_half: cuda.alloc(0)?,
@@ -544,7 +544,7 @@ impl CudaCache {
         let shared_tables = self.tables.clone();
         let tables = shared_tables.lock();
         let (dim, n_items) = (self.dim, self.n_items);
-        let ld = score_ld(n_items);
+        let ld = score_row_stride(n_items);
         cuda.upload_at_on(&self.side, &hot[..n_hot], &mut self.buffers[back].ids, 0)?;
         {
             let (items_ptr, dim_u, ids_ptr, n_u, out_ptr) = (
@@ -630,7 +630,7 @@ impl CudaCache {
     /// through the fp16 scratch (each chunk's upload waits for the previous chunk's use).
     fn upload_rows(&mut self, cuda: &Cuda, back: usize, table: &HotTable) -> Result<(), CudaError> {
         let n_items = self.n_items;
-        let ld = score_ld(n_items);
+        let ld = score_row_stride(n_items);
         let n_hot = table.items().len().min(self.capacity);
         if table.rows().len() < n_hot * n_items {
             return Err(CudaError::OutOfBounds {
@@ -675,7 +675,7 @@ impl CudaCache {
         rows: usize,
     ) -> Result<(), CudaError> {
         let n_items = self.n_items;
-        let ld = score_ld(n_items);
+        let ld = score_row_stride(n_items);
         let m = self.config.neighbours;
         let table = &self.buffers[back];
         let (src, src_ld, n_cols, dst, dst_ld, scales) = (
@@ -949,7 +949,7 @@ impl CudaCache {
             self.weights.device_ptr(),
         );
         let (miss_ld, has_miss, n_items_u, accumulate, prior) = (
-            score_ld(n_items) as u32,
+            score_row_stride(n_items) as u32,
             self.has_miss.device_ptr(),
             n_items as u32,
             u32::from(self.host_misses),
@@ -1061,7 +1061,7 @@ impl CudaCache {
                 "similar: k must be at most {MAX_CANDIDATES}, got {k}"
             )));
         }
-        let ld = score_ld(self.n_items);
+        let ld = score_row_stride(self.n_items);
         let lookup = if slot != u32::MAX {
             self.stats.hits += 1;
             let (rows, row_ld, scales, slot_u, skip, n_u, out) = (

@@ -2,7 +2,7 @@
 //! queries): the score GEMM through cuBLASLt with the algorithm chosen by measurement, and
 //! the launch of the large-batch selection kernel (`topk_filter_batch`).
 //!
-//! Why measure: for the stage's shape (1000 queries x 62,424 items x 384, fp16 in and out,
+//! Why measure: for the stage's shape (1000 queries x 62,464 (62,423 padded) items x 384, fp16 in and out,
 //! fp32 accumulation) the algorithm `cublasGemmEx` picks (its heuristic's first answer) ran
 //! 126 us per call on the H100, while another of the heuristic's answers ran 109 us (probe
 //! `tools/gemm_topk_probe.cu`, 2026-11-25). The heuristic ranks by a model; timing its
@@ -13,7 +13,7 @@
 //! last fp16 bit between algorithms. The choice is made once per shape and per [`Cuda`]
 //! (graph captures and eager runs of one process use the same algorithm), and the top-K
 //! selection is exact on whatever fp16 scores the GEMM wrote. Choosing costs ~16 x 4 GEMM
-//! runs plus synchronizations (~10 ms at 1000 x 62,424) once per new batch size; the
+//! runs plus synchronizations (~10 ms at 1000 x 62,464) once per new batch size; the
 //! pipeline pads batches to power-of-two buckets, so a process meets only a handful.
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use cudarc::driver::{result, sys};
 use parking_lot::Mutex;
 
 use crate::device::{Blas, Cuda, CudaBuffer, arg};
-use crate::similarity::{SMALL_BATCH, enqueue_scores, score_ld};
+use crate::similarity::{SMALL_BATCH, enqueue_scores, score_row_stride};
 use crate::{CudaError, DeviceTables};
 
 /// Workspace of the cuBLASLt GEMM (the answers for the stage's shapes ask for bytes, not
@@ -430,7 +430,7 @@ impl LtGemm {
 
 /// Scores of a batch of more than [`SMALL_BATCH`] queries (the n > SMALL_BATCH branch of
 /// `enqueue_scores`): the fp32 queries converted to fp16 into `queries_half`, then the GEMM
-/// into `scores` (`[n, score_ld(n_items)]`, already sized by the caller).
+/// into `scores` (`[n, score_row_stride(n_items)]`, already sized by the caller).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_batch_scores(
     cuda: &Cuda,
@@ -444,7 +444,7 @@ pub(crate) fn enqueue_batch_scores(
     scores: &mut CudaBuffer<u16>,
     gemm: ScoreGemm,
 ) -> Result<(), CudaError> {
-    let ld = score_ld(n_items);
+    let ld = score_row_stride(n_items);
     for (end, len) in [
         (n * ld, scores.len()),
         (ld * dim, items.len()),
@@ -548,7 +548,7 @@ pub fn score_all_items_with(
     match &cuda.blas {
         Some(blas) if n > SMALL_BATCH && gemm == ScoreGemm::GemmEx => {
             let n_items = tables.n_items();
-            cuda.ensure_len(out, n * score_ld(n_items))?;
+            cuda.ensure_len(out, n * score_row_stride(n_items))?;
             enqueue_batch_scores(
                 cuda,
                 blas,

@@ -7,7 +7,7 @@
 
 use crate::CudaError;
 use crate::device::{Cuda, CudaBuffer, arg};
-use crate::similarity::{MAX_CANDIDATES, score_ld};
+use crate::similarity::{MAX_CANDIDATES, score_row_stride};
 
 /// Threads per block of `similarity_top_k_one`: 8 scoring warps and one seen-list warp.
 const THREADS: u32 = 288;
@@ -112,7 +112,7 @@ impl FusedWorkspace {
 
 /// Where the fused kernel writes.
 pub(crate) struct FusedOutputs<'a> {
-    /// All scores, `[score_ld(n_items)]` fp16 (padding untouched).
+    /// All scores, `[score_row_stride(n_items)]` fp16 (padding untouched).
     pub scores: &'a mut CudaBuffer<u16>,
     pub ids: &'a mut CudaBuffer<u32>,
     pub top_scores: &'a mut CudaBuffer<f32>,
@@ -158,7 +158,7 @@ pub(crate) fn enqueue_fused(
         }
         None => 0,
     };
-    cuda.ensure_len(out.scores, score_ld(n_items))?;
+    cuda.ensure_len(out.scores, score_row_stride(n_items))?;
     cuda.ensure_len(out.ids, k)?;
     cuda.ensure_len(out.top_scores, k)?;
     let (items_ptr, n_items_u, dim_u, slice_u) = (
@@ -188,7 +188,7 @@ pub(crate) fn enqueue_fused(
         arg(&trace_ptr),
     ];
     // SAFETY: parameters match `similarity_top_k_one`; items hold n_items * dim halves, the
-    // query `dim` floats (the caller's buffer), scores a row of score_ld(n_items), the
+    // query `dim` floats (the caller's buffer), scores a row of score_row_stride(n_items), the
     // workspace the plan's words (zeroed when allocated), the outputs k entries; the seen
     // source is null or a user row of its tables (the host writes only known rows or
     // NO_ITEM); the trace, when given, holds (blocks + 1) * TRACE_WORDS words.

@@ -10,6 +10,7 @@ use hyperrec_catalog::{ItemEmbeddings, UserTable};
 use hyperrec_stage::UserIndex;
 
 use crate::device::{Cuda, CudaBuffer};
+use crate::similarity::score_row_stride;
 use crate::{CudaError, MemoryReport};
 
 /// Tables shared by the GPU stages of one pipeline.
@@ -149,14 +150,14 @@ impl DeviceTables {
         n_users: usize,
     ) -> Result<DeviceTables, CudaError> {
         let dim = items.dim();
-        // Rows padded to a multiple of 8 with zeros, so the score GEMM's item dimension
-        // matches the 16-byte-aligned score rows exactly.
+        // Rows padded with zeros to the score matrices' row stride, so the score GEMM's item
+        // dimension is the stride itself.
         let mut half_items: Vec<u16> = items
             .as_slice()
             .iter()
             .map(|&x| f16::from_f32(x).to_bits())
             .collect();
-        half_items.resize(items.len().div_ceil(8) * 8 * dim, 0);
+        half_items.resize(score_row_stride(items.len()) * dim, 0);
         let mut device_items = cuda.alloc::<u16>(half_items.len())?;
         cuda.upload_at(&half_items, &mut device_items, 0)?;
         let capacity = config.initial_user_capacity.max(n_users).max(1);

@@ -120,7 +120,7 @@ fn batch_scores_match_the_cpu_with_both_gemms() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let n_items = odd_catalog_size(&mut rng, 3000..20_000);
-    let ld = n_items.div_ceil(8) * 8;
+    let ld = hyperrec_kernels::score_row_stride(n_items);
     let items = random_items(&mut rng, n_items, DIM);
     let users = random_users(&mut rng, &items, 20, 30);
     let tables = tables(&cuda, &items, &users);
@@ -207,7 +207,7 @@ fn batch_top_k_is_exact_on_gemm_scores() {
     let users = random_users(&mut rng, &items, 20, 30);
     let tables = tables(&cuda, &items, &users);
     let guard = tables.lock();
-    let ld = n_items.div_ceil(8) * 8;
+    let ld = hyperrec_kernels::score_row_stride(n_items);
     let mut top = TopK::new(&cuda).expect("top-k");
     for n in [9usize, 132, 133, 1000, 1500] {
         let queries = queries_with_duplicates(&mut rng, n);
@@ -259,7 +259,7 @@ fn batch_stage_excludes_heavy_seen_sets_exactly() {
     let n_users = 60;
     let users = random_users(&mut rng, &items, n_users, n_items);
     let tables = tables(&cuda, &items, &users);
-    let ld = n_items.div_ceil(8) * 8;
+    let ld = hyperrec_kernels::score_row_stride(n_items);
     for (n, candidates) in [(133usize, 100usize), (1000, 1000), (1500, 100)] {
         let context = format!("seed {seed}, n_items {n_items}, n {n}, candidates {candidates}");
         let requests = random_requests(&mut rng, n_users, n, 10);

@@ -260,7 +260,7 @@ fn top_k_kernel_selects_exactly_on_fp16_scores() {
             1 => rng.random_range(1..=128),
             _ => rng.random_range(1..=1024),
         };
-        let ld = n_items.div_ceil(8) * 8;
+        let ld = hyperrec_kernels::score_row_stride(n_items);
         // Coarse values force ties (very coarse ones overflow the threshold filter's
         // candidate buffer); a few NaNs must never be selected.
         let levels = match case {

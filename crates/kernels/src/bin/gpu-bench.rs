@@ -21,7 +21,7 @@ use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaMark, CudaRerank, CudaSimilarity,
     DeviceTables, GpuPath, RerankKernel, ScoreGemm, SharedTables, SimilarityOne, SimilarityParams,
-    TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with,
+    TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with, score_row_stride,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -394,7 +394,7 @@ fn main() -> anyhow::Result<()> {
 
     // Top-100 of 62,423 fp16 scores for 1000 queries.
     {
-        let ld = N_ITEMS.div_ceil(8) * 8;
+        let ld = score_row_stride(N_ITEMS);
         let host: Vec<u16> = (0..1000 * ld)
             .map(|_| f16::from_f32(rng.random_range(-0.2f32..0.8)).to_bits())
             .collect();
