@@ -108,7 +108,7 @@ fn per_query_baseline(
         for phrase in ContextVocabulary::phrases_for(&request.context) {
             if let Some(row) = phrases.row_of(&phrase) {
                 context_rows.push(row);
-                notes.sources.push(Source::Context(phrase));
+                notes.sources.push(Source::Context(phrase.into()));
             }
         }
         records[0].push(notes.user.unwrap_or(u32::MAX));

@@ -271,24 +271,28 @@ const FILL_CHUNK: usize = 64;
 /// names, so a batch repeats a handful of them).
 const MEMO_CONTEXTS: usize = 8;
 
+/// A context phrase's row in the phrase table, and the phrase (shared by every query's
+/// `notes.sources` that names it).
+type PhraseRow = (u32, Arc<str>);
+
 /// The phrase rows (and phrases) of the last [`MEMO_CONTEXTS`] distinct contexts looked
 /// up, so a batch builds and hashes each context's phrase strings about once.
 #[derive(Default)]
 struct ContextMemo<'a> {
-    entries: Vec<(&'a Context, Vec<(u32, String)>)>,
+    entries: Vec<(&'a Context, Vec<PhraseRow>)>,
     /// Entry replaced next when the memo is full (round robin).
     next: usize,
 }
 
 impl<'a> ContextMemo<'a> {
     /// Phrase rows of `context` that have an embedding, in slot order.
-    fn lookup(&mut self, phrases: &PhraseTable, context: &'a Context) -> &[(u32, String)] {
+    fn lookup(&mut self, phrases: &PhraseTable, context: &'a Context) -> &[PhraseRow] {
         let at = match self.entries.iter().position(|(seen, _)| *seen == context) {
             Some(at) => at,
             None => {
                 let rows = ContextVocabulary::phrases_for(context)
                     .into_iter()
-                    .filter_map(|phrase| phrases.row_of(&phrase).map(|row| (row, phrase)))
+                    .filter_map(|phrase| phrases.row_of(&phrase).map(|row| (row, phrase.into())))
                     .collect();
                 if self.entries.len() < MEMO_CONTEXTS {
                     self.entries.push((context, rows));

@@ -4,7 +4,7 @@
 //! (`similarity_one`).
 
 use hyperrec_catalog::SharedUsers;
-use hyperrec_stage::{Batch, Event, Request, Stage, StageError, UserIndex};
+use hyperrec_stage::{Batch, Event, Request, RequestNotes, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity_batch::{self, ScoreGemm};
@@ -38,6 +38,11 @@ pub fn topk_filter_shared_bytes(n_items: usize, k: usize) -> usize {
     filter_capacity(k) * 8 + 1024 * 8 + (32 + 16 + 16 + 256) * 4 + n_items.div_ceil(32) * 4
 }
 
+/// Batches from this size fill `notes.excluded` on the rayon pool, in chunks of
+/// `NOTES_CHUNK` queries.
+const PARALLEL_NOTES_BATCH: usize = 256;
+const NOTES_CHUNK: usize = 64;
+
 /// Up to this many rows, the threshold filter runs one 1024-thread block per row
 /// (`topk_filter_wide`): one block per SM at most, so it pays only while the rows do not
 /// outnumber the SMs (132 on the H100); more rows take 256-thread blocks, several per SM.
@@ -59,12 +64,17 @@ pub enum TopKStrategy {
     SharedRow,
 }
 
-/// Leading dimension of a score matrix: rows start 16-byte aligned for vector loads.
-pub(crate) fn score_ld(n_items: usize) -> usize {
-    n_items.div_ceil(8) * 8
+/// Row stride (elements) of an fp16 score matrix `[n, stride]` for a catalog of `n_items`:
+/// rows start 128-byte aligned, so the GEMM's output tiles write whole 128-byte lines and
+/// the top-K's 16-byte loads stay aligned (cuBLASLt at batch 1000: 110 -> 98 us against
+/// 16-byte-aligned rows, `tools/gemm_topk_probe.cu`). Columns past `n_items` are padding.
+/// The item table on the device has as many (zero-padded) rows, so a GEMM may treat the
+/// stride as its item dimension.
+pub fn score_row_stride(n_items: usize) -> usize {
+    n_items.div_ceil(64) * 64
 }
 
-/// Scores of `n` queries against every item into `scores` (`[n, score_ld(n_items)]`
+/// Scores of `n` queries against every item into `scores` (`[n, score_row_stride(n_items)]`
 /// fp16), from fp32 queries. `queries_half` is scratch for the GEMM's fp16 operand.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_scores(
@@ -77,7 +87,7 @@ pub(crate) fn enqueue_scores(
     queries_half: &mut CudaBuffer<u16>,
     scores: &mut CudaBuffer<u16>,
 ) -> Result<(), CudaError> {
-    let ld = score_ld(n_items);
+    let ld = score_row_stride(n_items);
     cuda.ensure_len(scores, n * ld)?;
     if n == 0 {
         return Ok(());
@@ -166,7 +176,7 @@ pub(crate) fn enqueue_scores(
     }
 }
 
-/// Scores of `n` fp32 query rows against every item (`[n, n_items.div_ceil(8) * 8]` fp16
+/// Scores of `n` fp32 query rows against every item (`[n, score_row_stride(n_items)]` fp16
 /// into `out`, padding columns zero), the similarity stage's first half on its own.
 /// `scratch` holds the fp16 copy of the queries the GEMM reads.
 pub fn score_all_items(
@@ -207,7 +217,7 @@ pub(crate) struct Exclusion<'a> {
     pub tables: &'a DeviceTables,
 }
 
-/// Top-`k` per row of `scores` (`[n, score_ld(n_items)]` fp16) plus `prior` (`[n, n_items]`
+/// Top-`k` per row of `scores` (`[n, score_row_stride(n_items)]` fp16) plus `prior` (`[n, n_items]`
 /// fp32, optional), seen items excluded: ids and scores `[n, k]`, best first, ties by the
 /// smaller index, padded with [`NO_ITEM`] / `-inf`.
 #[allow(clippy::too_many_arguments)]
@@ -243,7 +253,7 @@ pub(crate) fn enqueue_top_k(
             "the top-K kernel ({strategy:?}) needs {shared} bytes of shared memory for {n_items} items, the limit is {TOPK_MAX_SHARED_BYTES}"
         )));
     }
-    let ld = score_ld(n_items);
+    let ld = score_row_stride(n_items);
     if scores.len() < n * ld {
         return Err(CudaError::OutOfBounds {
             end: n * ld,
@@ -364,7 +374,7 @@ impl TopK {
     }
 
     /// Enqueues the selection of the `k` best of each of the `n` rows of `scores`
-    /// (`[n, n_items.div_ceil(8) * 8]` fp16, no exclusion); results in [`TopK::ids`] and
+    /// (`[n, score_row_stride(n_items)]` fp16, no exclusion); results in [`TopK::ids`] and
     /// [`TopK::scores`] (`[n, k]`).
     pub fn enqueue(
         &mut self,
@@ -515,13 +525,29 @@ impl CudaSimilarity {
     /// copy), so this copy runs while the device works.
     pub(crate) fn fill_notes(&self, batch: &mut Batch<Cuda>) {
         let users = self.users.read();
-        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
-            notes.excluded.clear();
-            if let Some(user) = notes.user
-                && excludes_seen(self.params.exclude_seen, request, user, users.len())
-            {
-                notes.excluded.extend_from_slice(users.seen(user));
+        let exclude_seen = self.params.exclude_seen;
+        let fill = |notes: &mut [RequestNotes], requests: &[Request]| {
+            for (notes, request) in notes.iter_mut().zip(requests) {
+                notes.excluded.clear();
+                if let Some(user) = notes.user
+                    && excludes_seen(exclude_seen, request, user, users.len())
+                {
+                    notes.excluded.extend_from_slice(users.seen(user));
+                }
             }
+        };
+        // Large batches copy their seen lists (random users' rows: cache misses) on the
+        // rayon pool: this runs on the host while the device works, and at 1000 queries a
+        // serial copy kept the host busier than the device in streamed batches.
+        if batch.len() >= PARALLEL_NOTES_BATCH {
+            use rayon::prelude::*;
+            batch
+                .notes
+                .par_chunks_mut(NOTES_CHUNK)
+                .zip(batch.requests.par_chunks(NOTES_CHUNK))
+                .for_each(|(notes, requests)| fill(notes, requests));
+        } else {
+            fill(&mut batch.notes, &batch.requests);
         }
     }
 

@@ -162,7 +162,7 @@ fn explain(catalog: &Catalog, sources: &[Source], weights: &[f32]) -> Vec<Respon
             Source::Context(phrase) => ResponseContribution {
                 kind: "context",
                 item: None,
-                label: phrase.clone(),
+                label: phrase.to_string(),
                 weight: weights[s],
             },
         })

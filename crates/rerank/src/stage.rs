@@ -229,7 +229,7 @@ impl Stage<Cpu> for AttentionRerank {
             let phrase_rows = &mut self.phrase_rows;
             phrases.visit_rows(&request.context, &mut self.genre_scratch, |row, phrase| {
                 phrase_rows.push(row);
-                notes.sources.push(Source::Context(phrase.to_string()));
+                notes.sources.push(Source::Context(phrase.into()));
             });
             self.phrase_starts.push(self.phrase_rows.len());
             slots = slots.max(notes.sources.len());

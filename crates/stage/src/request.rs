@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ItemIndex;
@@ -142,8 +144,10 @@ pub struct Event {
 pub enum Source {
     /// An item from the user's recent history.
     HistoryItem(ItemIndex),
-    /// A context phrase ("evening", "with friends", "genre: thriller").
-    Context(String),
+    /// A context phrase ("evening", "with friends", "genre: thriller"). Shared, not owned:
+    /// every query of a batch with the same context points at the same few phrases, and
+    /// the GPU path fills these for 1000 queries per batch while the device works.
+    Context(Arc<str>),
 }
 
 /// One source's share in a recommendation.
