@@ -932,6 +932,7 @@ impl CudaCache {
                 n,
                 &mut self.miss_half,
                 &mut self.miss_scores,
+                false,
             )?;
         }
         let table = &self.buffers[self.front];
@@ -1108,6 +1109,7 @@ impl CudaCache {
                         1,
                         &mut self.one_query_half,
                         &mut self.one_row,
+                        false,
                     )?;
                 }
                 RowSource::Custom(provider) => {

@@ -92,6 +92,7 @@ impl CudaMark {
 pub(crate) struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
     pub fuse_queries: CudaFunction,
+    pub fuse_queries_warp: CudaFunction,
     pub f32_to_f16: CudaFunction,
     pub random_unit_rows: CudaFunction,
     pub item_scores_small: CudaFunction,
@@ -226,6 +227,7 @@ impl Kernels {
         };
         let kernels = Kernels {
             fuse_queries: function("fusion", "fuse_queries")?,
+            fuse_queries_warp: function("fusion", "fuse_queries_warp")?,
             f32_to_f16: function("fusion", "f32_to_f16")?,
             random_unit_rows: function("fusion", "random_unit_rows")?,
             item_scores_small: function("scores", "item_scores_small")?,

@@ -80,6 +80,29 @@ impl CudaFusion {
 
     /// Enqueues the fusion kernel for a prepared batch.
     pub(crate) fn enqueue(&self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        self.enqueue_into(cuda, batch, None)
+    }
+
+    /// Runs the stage on `batch` (as [`Stage::run`]) and also writes the fused rows in fp16
+    /// into `half` (`[n, dim]`, sized here), exactly as `f32_to_f16` would round them: what
+    /// a score GEMM over fp16 queries reads, without a conversion pass of its own.
+    pub fn run_with_half(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        half: &mut CudaBuffer<u16>,
+    ) -> Result<(), StageError> {
+        self.prepare(cuda, batch)?;
+        self.enqueue_into(cuda, batch, Some(half))
+    }
+
+    /// The fusion kernel, optionally with the fp16 copy of the fused rows.
+    pub(crate) fn enqueue_into(
+        &self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        half: Option<&mut CudaBuffer<u16>>,
+    ) -> Result<(), StageError> {
         let n = batch.len();
         let dim = batch.dim;
         if n == 0 {
@@ -94,14 +117,47 @@ impl CudaFusion {
             });
         }
         cuda.ensure_len(&mut batch.fused, n * dim)?;
+        let half_ptr = match half {
+            Some(half) => {
+                cuda.ensure_len(half, n * dim)?;
+                half.device_ptr()
+            }
+            None => 0,
+        };
         let (queries, users, offsets, members) = (
             batch.query_embeddings.device_ptr(),
             tables.users().device_ptr(),
             self.records.device_ptr(),
             self.records.ptr_at(n + 1),
         );
-        let (alpha, dim_u, fused, no_half) =
-            (self.alpha, dim as u32, batch.fused.device_ptr(), 0u64);
+        let (alpha, dim_u, n_u, fused) =
+            (self.alpha, dim as u32, n as u32, batch.fused.device_ptr());
+        if warp_fusion_fits(dim) {
+            let mut params = [
+                arg(&queries),
+                arg(&users),
+                arg(&offsets),
+                arg(&members),
+                arg(&alpha),
+                arg(&dim_u),
+                arg(&n_u),
+                arg(&fused),
+                arg(&half_ptr),
+            ];
+            // SAFETY: parameter list matches `fuse_queries_warp` (dim a multiple of 128 up to
+            // 1024, checked above); every member row is < n_users; `fused` and `half` hold
+            // n * dim elements.
+            unsafe {
+                cuda.launch(
+                    &cuda.kernels.fuse_queries_warp,
+                    (n.div_ceil(WARP_FUSION_QUERIES_PER_BLOCK) as u32, 1, 1),
+                    (WARP_FUSION_QUERIES_PER_BLOCK as u32 * 32, 1, 1),
+                    0,
+                    &mut params,
+                )?;
+            }
+            return Ok(());
+        }
         let mut params = [
             arg(&queries),
             arg(&users),
@@ -110,7 +166,7 @@ impl CudaFusion {
             arg(&alpha),
             arg(&dim_u),
             arg(&fused),
-            arg(&no_half),
+            arg(&half_ptr),
         ];
         // One thread per coordinate (up to 1024): a query's member rows are read in one
         // round of loads instead of dim / 128 dependent ones, which is the kernel's latency
@@ -140,6 +196,15 @@ impl CudaFusion {
             tables.generation(),
         ]
     }
+}
+
+/// Queries per block of `fuse_queries_warp` (one warp each).
+const WARP_FUSION_QUERIES_PER_BLOCK: usize = 8;
+
+/// Whether `fuse_queries_warp` takes rows of `dim`: whole 128-wide chunks (a lane's four
+/// coordinates per chunk), at most 8 of them (its registers).
+fn warp_fusion_fits(dim: usize) -> bool {
+    dim > 0 && dim.is_multiple_of(128) && dim <= 1024
 }
 
 /// Pre-launch host step of fusion: each request's user row, companions and cold-start
@@ -267,5 +332,20 @@ impl Stage<Cuda> for CudaFusion {
             self.tables.lock().sync_user(device, &users, user)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warp_kernel_takes_whole_chunks_up_to_1024() {
+        for dim in [128, 384, 768, 1024] {
+            assert!(warp_fusion_fits(dim), "{dim}");
+        }
+        for dim in [0, 32, 96, 200, 1152, 2048] {
+            assert!(!warp_fusion_fits(dim), "{dim}");
+        }
     }
 }

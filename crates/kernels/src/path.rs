@@ -7,6 +7,7 @@ use cudarc::driver::{result, sys};
 use hyperrec_stage::{Batch, Event, Stage, StageError};
 
 use crate::device::Cuda;
+use crate::similarity::SMALL_BATCH;
 use crate::{CudaCache, CudaError, CudaFusion, CudaRerank, CudaSimilarity, MemoryReport};
 
 /// Graphs kept at most; shapes beyond this start the cache afresh.
@@ -176,12 +177,23 @@ impl GpuPath {
     }
 
     fn enqueue_all(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
-        self.fusion.enqueue(cuda, batch)?;
+        // Without the cache (whose folded history term changes the queries after fusion),
+        // a batch that the similarity scores by GEMM reads fp16 queries: the fusion kernel
+        // writes them directly, one kernel fewer than fusing then converting.
+        let fusion_writes_half =
+            self.cache.is_none() && batch.len() > SMALL_BATCH && cuda.blas.is_some();
+        if fusion_writes_half {
+            self.fusion
+                .enqueue_into(cuda, batch, Some(self.similarity.fused_half_mut()))?;
+        } else {
+            self.fusion.enqueue(cuda, batch)?;
+        }
         if let Some(cache) = &mut self.cache {
             cache.enqueue(cuda, batch)?;
         }
         let offset = self.cache.as_ref().and_then(|cache| cache.query_offset());
-        self.similarity.enqueue_with_offset(cuda, batch, offset)?;
+        self.similarity
+            .enqueue_with(cuda, batch, offset, fusion_writes_half)?;
         self.rerank.enqueue(cuda, batch)
     }
 

@@ -75,7 +75,9 @@ pub fn score_row_stride(n_items: usize) -> usize {
 }
 
 /// Scores of `n` queries against every item into `scores` (`[n, score_row_stride(n_items)]`
-/// fp16), from fp32 queries. `queries_half` is scratch for the GEMM's fp16 operand.
+/// fp16), from fp32 queries. `queries_half` is scratch for the GEMM's fp16 operand, or
+/// already holds it (`queries_half_ready`, written by the fusion kernel: the GEMM path then
+/// skips its conversion pass).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_scores(
     cuda: &Cuda,
@@ -86,6 +88,7 @@ pub(crate) fn enqueue_scores(
     n: usize,
     queries_half: &mut CudaBuffer<u16>,
     scores: &mut CudaBuffer<u16>,
+    queries_half_ready: bool,
 ) -> Result<(), CudaError> {
     let ld = score_row_stride(n_items);
     cuda.ensure_len(scores, n * ld)?;
@@ -104,6 +107,7 @@ pub(crate) fn enqueue_scores(
             queries_half,
             scores,
             ScoreGemm::Measured,
+            queries_half_ready,
         ),
         _ => {
             if !dim.is_multiple_of(128) || dim > 1024 {
@@ -202,6 +206,7 @@ pub fn score_all_items(
         n,
         scratch,
         out,
+        false,
     )
 }
 
@@ -568,6 +573,26 @@ impl CudaSimilarity {
         batch: &mut Batch<Cuda>,
         offset: Option<&CudaBuffer<f32>>,
     ) -> Result<(), StageError> {
+        self.enqueue_with(cuda, batch, offset, false)
+    }
+
+    /// The fp16 query buffer the score GEMM reads, for the fusion kernel to fill directly
+    /// (see [`CudaSimilarity::enqueue_with`]).
+    pub(crate) fn fused_half_mut(&mut self) -> &mut CudaBuffer<u16> {
+        &mut self.fused_half
+    }
+
+    /// [`CudaSimilarity::enqueue_with_offset`]; with `fused_half_ready` (no offset, and a
+    /// batch large enough for the GEMM) the fusion kernel has already written the fp16
+    /// fused rows into [`CudaSimilarity::fused_half_mut`], so no conversion pass runs.
+    pub(crate) fn enqueue_with(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        offset: Option<&CudaBuffer<f32>>,
+        fused_half_ready: bool,
+    ) -> Result<(), StageError> {
+        let fused_half_ready = fused_half_ready && offset.is_none();
         let n = batch.len();
         let tables = self.tables.lock();
         let (dim, n_items) = (tables.dim(), tables.n_items());
@@ -655,6 +680,7 @@ impl CudaSimilarity {
             n,
             &mut self.fused_half,
             &mut self.scores,
+            fused_half_ready,
         )?;
         enqueue_top_k(
             cuda,

@@ -443,6 +443,7 @@ pub(crate) fn enqueue_batch_scores(
     queries_half: &mut CudaBuffer<u16>,
     scores: &mut CudaBuffer<u16>,
     gemm: ScoreGemm,
+    queries_half_ready: bool,
 ) -> Result<(), CudaError> {
     let ld = score_row_stride(n_items);
     for (end, len) in [
@@ -454,22 +455,32 @@ pub(crate) fn enqueue_batch_scores(
             return Err(CudaError::OutOfBounds { end, len });
         }
     }
-    cuda.ensure_len(queries_half, n * dim)?;
-    let (src, dst, len) = (
-        queries.device_ptr(),
-        queries_half.device_ptr(),
-        (n * dim) as u64,
-    );
-    let mut params = [arg(&src), arg(&dst), arg(&len)];
-    // SAFETY: both buffers hold n * dim elements.
-    unsafe {
-        cuda.launch(
-            &cuda.kernels.f32_to_f16,
-            ((n * dim).div_ceil(256).min(4096) as u32, 1, 1),
-            (256, 1, 1),
-            0,
-            &mut params,
-        )?;
+    if queries_half_ready {
+        // The fusion kernel already wrote the fp16 rows (`GpuPath` without the cache).
+        if queries_half.len() < n * dim {
+            return Err(CudaError::OutOfBounds {
+                end: n * dim,
+                len: queries_half.len(),
+            });
+        }
+    } else {
+        cuda.ensure_len(queries_half, n * dim)?;
+        let (src, dst, len) = (
+            queries.device_ptr(),
+            queries_half.device_ptr(),
+            (n * dim) as u64,
+        );
+        let mut params = [arg(&src), arg(&dst), arg(&len)];
+        // SAFETY: both buffers hold n * dim elements.
+        unsafe {
+            cuda.launch(
+                &cuda.kernels.f32_to_f16,
+                ((n * dim).div_ceil(256).min(4096) as u32, 1, 1),
+                (256, 1, 1),
+                0,
+                &mut params,
+            )?;
+        }
     }
     if gemm == ScoreGemm::Measured
         && let Some(lt) = &blas.lt
@@ -560,6 +571,7 @@ pub fn score_all_items_with(
                 scratch,
                 out,
                 gemm,
+                false,
             )
         }
         _ => enqueue_scores(
@@ -571,6 +583,7 @@ pub fn score_all_items_with(
             n,
             scratch,
             out,
+            false,
         ),
     }
 }
