@@ -68,6 +68,7 @@ fn both_fusion_kernels_and_the_fp16_copy_match_the_cpu_stage() {
             let mut fused_half = Vec::new();
             cuda.download(&half, &mut fused_half).expect("download");
 
+            let mut largest = 0.0f32;
             for q in 0..n {
                 let (want, got) = (
                     &cpu.fused[q * dim..(q + 1) * dim],
@@ -80,8 +81,11 @@ fn both_fusion_kernels_and_the_fp16_copy_match_the_cpu_stage() {
                     .sum::<f32>()
                     .sqrt();
                 let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
+                largest = largest.max(diff / norm.max(1.0));
+                // The device sums the fp16 copies of the profiles (the CPU their fp32
+                // originals): half-precision rounding, ~3e-4 of a unit row, not 1e-6.
                 assert!(
-                    diff <= 1e-5 * norm.max(1.0),
+                    diff <= 3e-3 * norm.max(1.0),
                     "{context}: fused row {q} differs by {diff} (norm {norm})"
                 );
                 assert_eq!(
@@ -89,6 +93,7 @@ fn both_fusion_kernels_and_the_fp16_copy_match_the_cpu_stage() {
                     "{context}: cold start of query {q}"
                 );
             }
+            eprintln!("{context}: largest relative row difference {largest:.2e}");
             // The fp16 copy is the fp32 result rounded to nearest, bit for bit (what the
             // conversion pass it replaces writes).
             for (i, (&value, &bits)) in fused.iter().zip(&fused_half).enumerate() {
