@@ -95,6 +95,18 @@ fn crafted_rows(rng: &mut StdRng, n_items: usize, dim: usize, levels: f32) -> Ve
     rows
 }
 
+/// Rows as [`crafted_rows`] whose value rises with the index (plus a little noise): the best
+/// items crowd into the last slices, each of which then holds far more candidates than the
+/// four-entry head the last block loads first.
+fn rising_rows(rng: &mut StdRng, n_items: usize, dim: usize) -> Vec<f32> {
+    let mut rows = vec![0.0f32; n_items * dim];
+    for j in 0..n_items {
+        let rising = 2.0 * j as f32 / n_items as f32 - 1.0;
+        rows[j * dim] = (rising + rng.random_range(-0.01f32..0.01)).clamp(-1.0, 1.0);
+    }
+    rows
+}
+
 /// A seen list as the device tables hold them: repeats, ids past the catalog, NO_ITEM.
 fn seen_list(rng: &mut StdRng, n_items: usize, len: usize) -> Vec<u32> {
     (0..len)
@@ -110,7 +122,8 @@ fn seen_list(rng: &mut StdRng, n_items: usize, len: usize) -> Vec<u32> {
 /// the two-kernel exact radix select where nothing is excluded), its scores the fp32 inner
 /// products up to fp16 rounding; catalogs tiny to larger than the seed's, not multiples of
 /// a slice, k from 1 to 1024, seen lists up to larger than the catalog, heavy ties (through
-/// the kernel's tie fallback), NaN scores, and launches back to back on one workspace.
+/// the kernel's tie fallback), NaN scores, the best items crowded into a few slices, and
+/// launches back to back on one workspace.
 #[test]
 fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
     let Some(cuda) = cuda_or_skip("fused_selection_equals_the_exact_selection_on_its_fp16_scores")
@@ -121,12 +134,14 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut fused = SimilarityOne::new(&cuda).expect("fused");
     let mut radix = TopK::new(&cuda).expect("topk");
-    for case in 0..12 {
+    for case in 0..14 {
         let n_items: usize = match case {
             0 => rng.random_range(1..100),
             1 => rng.random_range(100..2000),
-            2 | 3 => 62_423,
+            2 | 3 | 12 => 62_423,
             4 => 160 * rng.random_range(2..400) + 1,
+            // Slices of 32: more slices than the last block's threads hold heads for.
+            13 => rng.random_range(20_000..70_000),
             _ => rng.random_range(2000..70_000),
         };
         let dim = match case {
@@ -141,6 +156,10 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
             _ => rng.random_range(50..3000) as f32,
         };
         let table = match case {
+            12 | 13 => Table {
+                rows: rising_rows(&mut rng, n_items, dim),
+                crafted: true,
+            },
             3 | 8 | 9 => Table {
                 rows: crafted_rows(&mut rng, n_items, dim, levels),
                 crafted: true,
@@ -164,7 +183,7 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
         let query = upload(&cuda, &query_host);
         // Other slice sizes than the automatic plan (more blocks than one wave, fewer).
         fused.set_slice(match case {
-            10 => Some(32),
+            10 | 13 => Some(32),
             11 => Some(256),
             _ => None,
         });
