@@ -592,6 +592,36 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ldmatrix from a shared-space byte address (precomputed once per head: the k loops add
+// only their byte offset).
+__device__ __forceinline__ void ldmatrix_x4_at(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+// 2^x, flushing denormal results to zero (one MUFU.EX2; __expf without -ftz adds a
+// denormal range fix-up of four instructions per call). exp2(-inf) = 0.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Compile-time counts and source-tile kinds for the fused kernels' generic lambdas.
+template <unsigned N>
+struct Count {
+    static constexpr unsigned value = N;
+};
+// An n8 source tile: every column history (TILE_HIST), every column context (TILE_CTX), or
+// mixed / partly past the sources (TILE_MIXED, per-column predicates). The pools are
+// contiguous (history first), so at most two tiles of a query are mixed.
+#define TILE_HIST 0u
+#define TILE_CTX 1u
+#define TILE_MIXED 2u
+#define LOG2E 1.4426950408889634f
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -643,7 +673,9 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     const float q_factor = (1.0f - p.beta) * p.q_scale;
     const bool has_bias = p.beta != 0.0f;
     // Logit factor of the two pools: context rows are the operands themselves.
-    const float logit_hist = q_factor * inv_sqrt_hd * p.k_scale, logit_ctx = q_factor * inv_sqrt_hd;
+    // In log2 units (times log2 e): the softmax weights are exp2(x - max), one MUFU each.
+    const float logit_hist = q_factor * inv_sqrt_hd * p.k_scale * LOG2E,
+                logit_ctx = q_factor * inv_sqrt_hd * LOG2E;
     // One row for a candidate's query and value, one for a history source's key and value,
     // and no fused-query term (the untrained weights): a history source's value product is
     // its raw logit, so only the context sources need the value products' MMAs.
@@ -739,31 +771,44 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
             cp_async_commit();
         }
 
+        // Shared-space byte addresses of this lane's ldmatrix rows; the k loops add 2 * k.
         // A fragments: rows (lane & 15), k offset 8 * (lane >> 4). B rows of an x4 load:
         // sources (lane & 7) + 8 * (lane >> 4) of a pair of n8 tiles, k offset
         // 8 * ((lane >> 3) & 1).
-        const __half* qa = buf + q_off + (warp * 16 + (lane & 15)) * hdp + (lane >> 4) * 8;
-        const __half* ua = buf + u_off + (warp * 16 + (lane & 15)) * hdp + (lane >> 4) * 8;
+        const unsigned row_bytes = hdp * 2, pair_bytes = 16 * row_bytes, k_bytes = hd * 2;
+        const unsigned buf_addr = (unsigned)__cvta_generic_to_shared(buf);
+        const unsigned a_row = (warp * 16 + (lane & 15)) * row_bytes + (lane >> 4) * 16;
+        const unsigned qa_addr = buf_addr + q_off * 2 + a_row;
+        const unsigned ua_addr = buf_addr + (share_qv ? q_off : u_off) * 2 + a_row;
         const unsigned b_row = (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) * 8;
+        const unsigned kb_addr = buf_addr + (k_off + b_row * hdp + b_col) * 2;
+        const unsigned n_pairs = (n_src + 15) >> 4;  // 1..SRC_TILES / 2 (n_src > 0 here)
         float lacc[SRC_TILES][4];
 #pragma unroll
         for (unsigned j = 0; j < SRC_TILES; ++j)
 #pragma unroll
             for (unsigned e = 0; e < 4; ++e) lacc[j][e] = 0.0f;
-        if (warp_active) {
-            for (unsigned kk = 0; kk < hd; kk += 16) {
+        // The logits of PAIRS source-tile pairs: a straight k loop, no per-pair test.
+        auto logits = [&](auto pairs_count) {
+            constexpr unsigned PAIRS = decltype(pairs_count)::value;
+            for (unsigned k = 0; k < k_bytes; k += 32) {
                 unsigned a[4];
-                ldmatrix_x4(a, qa + kk);
+                ldmatrix_x4_at(a, qa_addr + k);
 #pragma unroll
-                for (unsigned pair = 0; pair < SRC_TILES / 2; ++pair) {
-                    if (pair * 16 < n_src) {
-                        unsigned bk[4];
-                        ldmatrix_x4(bk, buf + k_off + (pair * 16 + b_row) * hdp + kk + b_col);
-                        mma_16816(lacc[2 * pair], a, bk[0], bk[1]);
-                        mma_16816(lacc[2 * pair + 1], a, bk[2], bk[3]);
-                    }
+                for (unsigned pair = 0; pair < PAIRS; ++pair) {
+                    unsigned bk[4];
+                    ldmatrix_x4_at(bk, kb_addr + pair * pair_bytes + k);
+                    mma_16816(lacc[2 * pair], a, bk[0], bk[1]);
+                    mma_16816(lacc[2 * pair + 1], a, bk[2], bk[3]);
                 }
             }
+        };
+        static_assert(SRC_TILES / 2 == 4, "logits dispatch covers 1..4 source pairs");
+        if (warp_active) {
+            if (n_pairs >= 4) logits(Count<4>{});
+            else if (n_pairs == 3) logits(Count<3>{});
+            else if (n_pairs == 2) logits(Count<2>{});
+            else logits(Count<1>{});
         }
         if (has_bias) {
             // beta pf_scale PF.K[s] times the source's logit factor, 4 lanes per source.
@@ -782,35 +827,49 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
             dot += __shfl_xor_sync(0xffffffffu, dot, 2);
             if (s < MAX_SLOTS && part == 0) {
                 const float kf = s < n_hist ? inv_sqrt_hd * p.k_scale : inv_sqrt_hd;
-                logit_bias[s] = s < n_src ? kf * p.beta * p.pf_scale * dot : 0.0f;
+                logit_bias[s] = s < n_src ? LOG2E * kf * p.beta * p.pf_scale * dot : 0.0f;
             }
             __syncthreads();
         }
         if (!warp_active) continue;
 
         // Two-pool softmax of rows g and g + 8 (r = 0, 1); the weights replace the logits.
-        // Tiles past the sources are skipped as a whole (a uniform branch), columns past
-        // them masked; a column's predicates serve both rows.
-        float mh[2] = {-INFINITY, -INFINITY}, mc[2] = {-INFINITY, -INFINITY};
+        // Tiles past the sources are skipped as a whole, the pool of a tile is known per
+        // tile (a uniform branch) except in the mixed tiles, where a column's predicates
+        // serve both rows.
+        const unsigned hist_tiles = n_hist >> 3, ctx_first_tile = (n_hist + 7) >> 3,
+                       full_tiles = n_src >> 3;
+        auto for_each_tile = [&](auto&& body) {
 #pragma unroll
-        for (unsigned j = 0; j < SRC_TILES; ++j) {
-            if (j * 8 < n_src) {
-#pragma unroll
-                for (unsigned e = 0; e < 2; ++e) {
-                    const unsigned s = j * 8 + 2 * t4 + e;
-                    const bool hist = s < n_hist, source = s < n_src;
-                    const float factor = hist ? logit_hist : logit_ctx;
-                    const float bias = has_bias ? logit_bias[s] : 0.0f;
-#pragma unroll
-                    for (unsigned r = 0; r < 2; ++r) {
-                        const float x = source ? fmaf(lacc[j][2 * r + e], factor, bias) : -INFINITY;
-                        lacc[j][2 * r + e] = x;
-                        if (hist) mh[r] = fmaxf(mh[r], x);
-                        else mc[r] = fmaxf(mc[r], x);
-                    }
+            for (unsigned j = 0; j < SRC_TILES; ++j) {
+                if (j * 8 < n_src) {
+                    if (j < hist_tiles) body(j, Count<TILE_HIST>{});
+                    else if (j >= ctx_first_tile && j < full_tiles) body(j, Count<TILE_CTX>{});
+                    else body(j, Count<TILE_MIXED>{});
                 }
             }
-        }
+        };
+        float mh[2] = {-INFINITY, -INFINITY}, mc[2] = {-INFINITY, -INFINITY};
+        for_each_tile([&](unsigned j, auto kind) {
+            constexpr unsigned KIND = decltype(kind)::value;
+            float2 bias = make_float2(0.0f, 0.0f);
+            if (has_bias) bias = *reinterpret_cast<const float2*>(logit_bias + j * 8 + 2 * t4);
+#pragma unroll
+            for (unsigned e = 0; e < 2; ++e) {
+                const unsigned s = j * 8 + 2 * t4 + e;
+                const bool hist = KIND == TILE_HIST || (KIND == TILE_MIXED && s < n_hist);
+                const bool source = KIND != TILE_MIXED || s < n_src;
+                const float factor = hist ? logit_hist : logit_ctx;
+#pragma unroll
+                for (unsigned r = 0; r < 2; ++r) {
+                    const float x =
+                        source ? fmaf(lacc[j][2 * r + e], factor, e ? bias.y : bias.x) : -INFINITY;
+                    lacc[j][2 * r + e] = x;
+                    if (hist) mh[r] = fmaxf(mh[r], x);
+                    else mc[r] = fmaxf(mc[r], x);
+                }
+            }
+        });
 #pragma unroll
         for (unsigned r = 0; r < 2; ++r) {
             mh[r] = fmaxf(mh[r], __shfl_xor_sync(0xffffffffu, mh[r], 1));
@@ -822,30 +881,33 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         // logit_hist (product_factor holds the factor over logit_hist): summed here as
         // sum_hist e * factor * x, scaled by the pool's 1 / sum below.
         float sh[2] = {0.0f, 0.0f}, sc[2] = {0.0f, 0.0f}, hist_products[2] = {0.0f, 0.0f};
+        for_each_tile([&](unsigned j, auto kind) {
+            constexpr unsigned KIND = decltype(kind)::value;
+            float2 pf = make_float2(0.0f, 0.0f);
+            if (logit_products && KIND != TILE_CTX)
+                pf = *reinterpret_cast<const float2*>(product_factor + j * 8 + 2 * t4);
 #pragma unroll
-        for (unsigned j = 0; j < SRC_TILES; ++j) {
-            if (j * 8 < n_src) {
+            for (unsigned e = 0; e < 2; ++e) {
+                const unsigned s = j * 8 + 2 * t4 + e;
+                const bool hist = KIND == TILE_HIST || (KIND == TILE_MIXED && s < n_hist);
+                const bool source = KIND != TILE_MIXED || s < n_src;
+                const float factor = e ? pf.y : pf.x;
 #pragma unroll
-                for (unsigned e = 0; e < 2; ++e) {
-                    const unsigned s = j * 8 + 2 * t4 + e;
-                    const bool hist = s < n_hist, source = s < n_src;
-                    const float factor = logit_products && hist ? product_factor[s] : 0.0f;
-#pragma unroll
-                    for (unsigned r = 0; r < 2; ++r) {
-                        const float x = lacc[j][2 * r + e];
-                        // Past the sources x is -inf: weight 0 (the pools' maxima are finite).
-                        const float w = source ? __expf(x - (hist ? mh[r] : mc[r])) : 0.0f;
-                        lacc[j][2 * r + e] = w;
-                        if (hist) {
-                            sh[r] += w;
+                for (unsigned r = 0; r < 2; ++r) {
+                    const float x = lacc[j][2 * r + e];
+                    // Past the sources x is -inf: weight 0 (the pools' maxima are finite).
+                    const float w = source ? exp2_ftz(x - (hist ? mh[r] : mc[r])) : 0.0f;
+                    lacc[j][2 * r + e] = w;
+                    if (hist) {
+                        sh[r] += w;
+                        if (logit_products)
                             hist_products[r] = fmaf(w * factor, x, hist_products[r]);
-                        } else {
-                            sc[r] += w;
-                        }
+                    } else {
+                        sc[r] += w;
                     }
                 }
             }
-        }
+        });
         float hist_scale[2], ctx_scale[2], contribution[2];
 #pragma unroll
         for (unsigned r = 0; r < 2; ++r) {
@@ -858,50 +920,50 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
             // This lane's share; the quads are summed at the end.
             contribution[r] = hist_scale[r] * hist_products[r];
         }
+        for_each_tile([&](unsigned j, auto kind) {
+            constexpr unsigned KIND = decltype(kind)::value;
 #pragma unroll
-        for (unsigned j = 0; j < SRC_TILES; ++j) {
-            if (j * 8 < n_src) {
+            for (unsigned e = 0; e < 2; ++e) {
+                const bool hist =
+                    KIND == TILE_HIST || (KIND == TILE_MIXED && j * 8 + 2 * t4 + e < n_hist);
 #pragma unroll
-                for (unsigned e = 0; e < 2; ++e) {
-                    const bool hist = j * 8 + 2 * t4 + e < n_hist;
-#pragma unroll
-                    for (unsigned r = 0; r < 2; ++r) {
-                        const float w = lacc[j][2 * r + e] * (hist ? hist_scale[r] : ctx_scale[r]);
-                        lacc[j][2 * r + e] = w;
-                        attr[j][2 * r + e] += w;
-                    }
+                for (unsigned r = 0; r < 2; ++r) {
+                    const float w = lacc[j][2 * r + e] * (hist ? hist_scale[r] : ctx_scale[r]);
+                    lacc[j][2 * r + e] = w;
+                    attr[j][2 * r + e] += w;
                 }
             }
-        }
+        });
         // Value products one pair of source tiles at a time, consumed at once (few live
         // accumulators): contribution += w * product_factor[s] * U[c].V[s]; with
         // logit_products only the pairs that hold context sources.
         const unsigned first_pair = logit_products ? n_hist / 16 : 0u;
 #pragma unroll
         for (unsigned pair = 0; pair < SRC_TILES / 2; ++pair) {
-            if (pair * 16 >= n_src) break;
+            if (pair >= n_pairs) break;
             if (pair < first_pair) continue;
             float pacc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             const unsigned s_b = pair * 16 + b_row;
-            const __half* vb =
-                buf + ((share_kv && s_b < n_hist) ? k_off : v_off) + s_b * hdp + b_col;
-            for (unsigned kk = 0; kk < hd; kk += 16) {
+            const unsigned vb_addr =
+                buf_addr +
+                (((share_kv && s_b < n_hist) ? k_off : v_off) + s_b * hdp + b_col) * 2;
+            for (unsigned k = 0; k < k_bytes; k += 32) {
                 unsigned u[4], bv[4];
-                ldmatrix_x4(u, (share_qv ? qa : ua) + kk);
-                ldmatrix_x4(bv, vb + kk);
+                ldmatrix_x4_at(u, ua_addr + k);
+                ldmatrix_x4_at(bv, vb_addr + k);
                 mma_16816(pacc[0], u, bv[0], bv[1]);
                 mma_16816(pacc[1], u, bv[2], bv[3]);
             }
 #pragma unroll
             for (unsigned half_tile = 0; half_tile < 2; ++half_tile) {
                 const unsigned j = 2 * pair + half_tile;
+                const float2 pf = *reinterpret_cast<const float2*>(product_factor + j * 8 + 2 * t4);
 #pragma unroll
                 for (unsigned e = 0; e < 2; ++e) {
                     const unsigned s = j * 8 + 2 * t4 + e;
                     // Zero weight past the sources: no mask. History sources were summed
                     // from their logits with logit_products.
-                    const float factor =
-                        logit_products && s < n_hist ? 0.0f : product_factor[s];
+                    const float factor = logit_products && s < n_hist ? 0.0f : (e ? pf.y : pf.x);
 #pragma unroll
                     for (unsigned r = 0; r < 2; ++r)
                         contribution[r] =
