@@ -9,17 +9,19 @@ mod common;
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::{cuda_or_skip, random_items, random_queries, random_requests, random_users, seed};
+use common::{
+    cuda_or_skip, device_tables as tables, download, random_items, random_queries, random_requests,
+    random_users, seed,
+};
 use hyperrec_cache::{CacheConfig, CacheLookup, RowSource, TemporalCache};
-use hyperrec_catalog::{ItemEmbeddings, SharedUsers};
+use hyperrec_catalog::SharedUsers;
 use hyperrec_fusion::{Fusion, FusionConfig};
 use hyperrec_kernels::{
-    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables,
-    GpuPath, SharedTables, SimilarityParams, TablesConfig,
+    Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaRerank, CudaSimilarity, GpuPath,
+    SharedTables, SimilarityParams,
 };
 use hyperrec_stage::{Batch, Cpu, Device, Request, Stage};
 
@@ -27,21 +29,6 @@ const DIM: usize = 384;
 /// Largest error of one int8 row value (half a step of max|row| / 127 for rows whose
 /// maximum is about 1) plus fp16 rounding, per unit of history weight.
 const PRIOR_TOLERANCE_PER_WEIGHT: f32 = 6e-3;
-
-fn tables(cuda: &Cuda, items: &ItemEmbeddings, users: &SharedUsers) -> SharedTables {
-    let tables = DeviceTables::new(cuda, items, &users.read(), TablesConfig::default())
-        .expect("device tables");
-    Arc::new(Mutex::new(tables))
-}
-
-fn download<T: hyperrec_stage::Element>(
-    cuda: &Cuda,
-    buffer: &hyperrec_kernels::CudaBuffer<T>,
-) -> Vec<T> {
-    let mut host = Vec::new();
-    cuda.download(buffer, &mut host).expect("download");
-    host
-}
 
 /// Collaborative-looking weights: a deterministic pseudo-random function of the pair, in
 /// [-0.5, 1], with 1 on the diagonal.

@@ -9,31 +9,21 @@ mod common;
 use std::sync::Arc;
 
 use half::f16;
-use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::{cuda_or_skip, random_items, random_queries, random_requests, random_users, seed};
-use hyperrec_catalog::{ItemEmbeddings, SharedUsers};
+use common::{
+    cuda_or_skip, device_tables as tables, download, random_items, random_queries, random_requests,
+    random_users, seed,
+};
+use hyperrec_catalog::ItemEmbeddings;
 use hyperrec_kernels::{
-    Cuda, CudaBuffer, CudaFusion, CudaSimilarity, DeviceTables, ScoreGemm, SimilarityParams,
-    TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with,
+    CudaFusion, CudaSimilarity, ScoreGemm, SimilarityParams, TopK, TopKStrategy, score_all_items,
+    score_all_items_with,
 };
 use hyperrec_stage::{Batch, Device, Stage};
 
 const DIM: usize = 384;
-
-fn tables(cuda: &Cuda, items: &ItemEmbeddings, users: &SharedUsers) -> Arc<Mutex<DeviceTables>> {
-    let tables = DeviceTables::new(cuda, items, &users.read(), TablesConfig::default())
-        .expect("device tables");
-    Arc::new(Mutex::new(tables))
-}
-
-fn download<T: hyperrec_stage::Element>(cuda: &Cuda, buffer: &CudaBuffer<T>) -> Vec<T> {
-    let mut host = Vec::new();
-    cuda.download(buffer, &mut host).expect("download");
-    host
-}
 
 /// A catalog size that is not a multiple of 8 (the score rows carry padding columns).
 fn odd_catalog_size(rng: &mut StdRng, range: std::ops::Range<usize>) -> usize {
@@ -344,41 +334,8 @@ fn batch_graph_replay_matches_eager_stages() {
     let items = random_items(&mut rng, n_items, DIM);
     let users = random_users(&mut rng, &items, 300, 60);
     let tables = tables(&cuda, &items, &users);
-    let genres: Vec<String> = ["thriller", "comedy", "drama"]
-        .iter()
-        .map(|g| g.to_string())
-        .collect();
-    let entries = hyperrec_rerank::ContextVocabulary::all_phrases(&genres)
-        .into_iter()
-        .map(|phrase| (phrase, common::unit_vector(&mut rng, DIM)))
-        .collect();
-    let vocabulary =
-        Arc::new(hyperrec_rerank::ContextVocabulary::new(entries).expect("vocabulary"));
-    let config = hyperrec_rerank::RerankConfig::default();
-    let make = || {
-        hyperrec_kernels::GpuPath::new(
-            CudaFusion::new(&cuda, users.clone(), tables.clone(), 0.4).expect("fusion"),
-            CudaSimilarity::new(
-                &cuda,
-                users.clone(),
-                tables.clone(),
-                SimilarityParams {
-                    candidates: 100,
-                    exclude_seen: true,
-                },
-            )
-            .expect("similarity"),
-            hyperrec_kernels::CudaRerank::new(
-                &cuda,
-                users.clone(),
-                tables.clone(),
-                vocabulary.clone(),
-                config.clone(),
-                hyperrec_rerank::RerankWeights::untrained(DIM, config.heads),
-            )
-            .expect("rerank"),
-        )
-    };
+    let vocabulary = common::random_vocabulary(&mut rng, DIM);
+    let make = || common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
     let mut eager = make();
     let mut graph = make();
     let n = rng.random_range(133..400);
@@ -386,18 +343,15 @@ fn batch_graph_replay_matches_eager_stages() {
     let mut graph_batch = Batch::new(&cuda, DIM).expect("batch");
     for round in 0..4 {
         let queries = random_queries(&mut rng, n, DIM);
-        let mut batch = Batch::new(&cuda, DIM).expect("batch");
-        batch.reset(&cuda, requests.clone()).expect("reset");
-        cuda.upload(&queries, &mut batch.query_embeddings)
-            .expect("upload");
-        eager.fusion.run(&cuda, &mut batch).expect("fusion");
-        eager.similarity.run(&cuda, &mut batch).expect("similarity");
-        eager.rerank.run(&cuda, &mut batch).expect("rerank");
-
-        graph_batch.reset(&cuda, requests.clone()).expect("reset");
-        cuda.upload(&queries, &mut graph_batch.query_embeddings)
-            .expect("upload");
-        graph.run(&cuda, &mut graph_batch).expect("graph path");
+        let batch = common::run_eager_and_graph(
+            &cuda,
+            &mut eager,
+            &mut graph,
+            &mut graph_batch,
+            &requests,
+            &queries,
+            DIM,
+        );
         let context = format!("seed {seed}, n {n}, round {round}");
         assert_eq!(
             download(&cuda, &batch.candidate_ids),

@@ -11,26 +11,22 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use half::f16;
-use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::{cuda_or_skip, random_items, random_queries, random_requests, random_users, seed};
-use hyperrec_catalog::{ItemEmbeddings, SharedUsers};
+use common::{
+    cuda_or_skip, device_tables as tables, download, random_items, random_queries, random_requests,
+    random_users, seed,
+};
+use hyperrec_catalog::ItemEmbeddings;
 use hyperrec_kernels::{
-    Cuda, CudaBuffer, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables, GpuPath, SimilarityOne,
-    SimilarityParams, TablesConfig, TopK, TopKStrategy,
+    Cuda, CudaBuffer, CudaFusion, CudaSimilarity, SimilarityOne, SimilarityParams, TopK,
+    TopKStrategy,
 };
 use hyperrec_stage::{Batch, Device, Stage};
 
 const DIM: usize = 384;
 const NO_ITEM: u32 = u32::MAX;
-
-fn download<T: hyperrec_stage::Element>(cuda: &Cuda, buffer: &CudaBuffer<T>) -> Vec<T> {
-    let mut host = Vec::new();
-    cuda.download(buffer, &mut host).expect("download");
-    host
-}
 
 fn upload<T: hyperrec_stage::Element>(cuda: &Cuda, host: &[T]) -> CudaBuffer<T> {
     let mut buffer = cuda.zeros::<T>(host.len()).expect("alloc");
@@ -277,12 +273,6 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
     }
 }
 
-fn tables(cuda: &Cuda, items: &ItemEmbeddings, users: &SharedUsers) -> Arc<Mutex<DeviceTables>> {
-    let tables = DeviceTables::new(cuda, items, &users.read(), TablesConfig::default())
-        .expect("device tables");
-    Arc::new(Mutex::new(tables))
-}
-
 /// Items with a tenth of the rows duplicated (exact ties in every query's scores).
 fn items_with_duplicates(rng: &mut StdRng, n_items: usize) -> Arc<ItemEmbeddings> {
     Arc::new(ItemEmbeddings::new(DIM, random_rows(rng, n_items, DIM)).expect("shape"))
@@ -363,18 +353,6 @@ fn batch_one_stage_equals_the_two_kernel_path_with_heavy_seen_sets() {
     }
 }
 
-fn random_vocabulary(rng: &mut StdRng) -> Arc<hyperrec_rerank::ContextVocabulary> {
-    let genres: Vec<String> = ["thriller", "comedy", "drama"]
-        .iter()
-        .map(|g| g.to_string())
-        .collect();
-    let entries = hyperrec_rerank::ContextVocabulary::all_phrases(&genres)
-        .into_iter()
-        .map(|phrase| (phrase, common::unit_vector(rng, DIM)))
-        .collect();
-    Arc::new(hyperrec_rerank::ContextVocabulary::new(entries).expect("vocabulary"))
-}
-
 /// Graph replays of the batch-1 path (fused similarity, no memset between replays) give
 /// exactly the candidates and results of eager stages with the exact radix select.
 #[test]
@@ -388,32 +366,8 @@ fn batch_one_graph_replays_equal_the_eager_exact_path() {
     let items = items_with_duplicates(&mut rng, n_items);
     let users = random_users(&mut rng, &items, 100, 400);
     let tables = tables(&cuda, &items, &users);
-    let vocabulary = random_vocabulary(&mut rng);
-    let config = hyperrec_rerank::RerankConfig::default();
-    let make = || {
-        GpuPath::new(
-            CudaFusion::new(&cuda, users.clone(), tables.clone(), 0.4).expect("fusion"),
-            CudaSimilarity::new(
-                &cuda,
-                users.clone(),
-                tables.clone(),
-                SimilarityParams {
-                    candidates: 100,
-                    exclude_seen: true,
-                },
-            )
-            .expect("similarity"),
-            CudaRerank::new(
-                &cuda,
-                users.clone(),
-                tables.clone(),
-                vocabulary.clone(),
-                config.clone(),
-                hyperrec_rerank::RerankWeights::untrained(DIM, config.heads),
-            )
-            .expect("rerank"),
-        )
-    };
+    let vocabulary = common::random_vocabulary(&mut rng, DIM);
+    let make = || common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
     let mut eager = make();
     eager
         .similarity
@@ -431,18 +385,15 @@ fn batch_one_graph_replays_equal_the_eager_exact_path() {
     for round in 0..8 {
         let requests = users_requests[round % 2].clone();
         let queries = random_queries(&mut rng, 1, DIM);
-        let mut batch = Batch::new(&cuda, DIM).expect("batch");
-        batch.reset(&cuda, requests.clone()).expect("reset");
-        cuda.upload(&queries, &mut batch.query_embeddings)
-            .expect("upload");
-        eager.fusion.run(&cuda, &mut batch).expect("fusion");
-        eager.similarity.run(&cuda, &mut batch).expect("similarity");
-        eager.rerank.run(&cuda, &mut batch).expect("rerank");
-
-        graph_batch.reset(&cuda, requests).expect("reset");
-        cuda.upload(&queries, &mut graph_batch.query_embeddings)
-            .expect("upload");
-        graph.run(&cuda, &mut graph_batch).expect("graph path");
+        let batch = common::run_eager_and_graph(
+            &cuda,
+            &mut eager,
+            &mut graph,
+            &mut graph_batch,
+            &requests,
+            &queries,
+            DIM,
+        );
         let context = format!("seed {seed}, n_items {n_items}, round {round}");
         for (what, a, b) in [
             (

@@ -12,7 +12,10 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::{cuda_or_skip, random_items, random_queries, random_requests, random_users, seed};
+use common::{
+    cuda_or_skip, device_tables as tables, download, random_items, random_queries, random_requests,
+    random_users, seed,
+};
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, SharedUsers};
 use hyperrec_fusion::{Fusion, FusionConfig};
 use hyperrec_kernels::{
@@ -23,12 +26,6 @@ use hyperrec_similarity::{Similarity, SimilarityConfig};
 use hyperrec_stage::{Batch, Cpu, Device, Event, Interaction, Request, Stage, UserId};
 
 const DIM: usize = 384;
-
-fn tables(cuda: &Cuda, items: &ItemEmbeddings, users: &SharedUsers) -> Arc<Mutex<DeviceTables>> {
-    let tables = DeviceTables::new(cuda, items, &users.read(), TablesConfig::default())
-        .expect("device tables");
-    Arc::new(Mutex::new(tables))
-}
 
 /// Runs CPU fusion + similarity and the GPU twins on the same requests and queries.
 struct Both {
@@ -83,15 +80,6 @@ fn run_both(
     cuda_similarity.run(cuda, &mut gpu).expect("gpu similarity");
     cuda.synchronize().expect("sync");
     Both { cpu, gpu }
-}
-
-fn download<T: hyperrec_stage::Element>(
-    cuda: &Cuda,
-    buffer: &hyperrec_kernels::CudaBuffer<T>,
-) -> Vec<T> {
-    let mut host = Vec::new();
-    cuda.download(buffer, &mut host).expect("download");
-    host
 }
 
 /// Exact fp32 score of `item` for query row `fused`.
@@ -482,18 +470,6 @@ fn events_update_the_device_rows_before_the_next_batch() {
     );
 }
 
-fn random_vocabulary(rng: &mut StdRng) -> Arc<hyperrec_rerank::ContextVocabulary> {
-    let genres: Vec<String> = ["thriller", "comedy", "drama", "horror"]
-        .iter()
-        .map(|g| g.to_string())
-        .collect();
-    let entries = hyperrec_rerank::ContextVocabulary::all_phrases(&genres)
-        .into_iter()
-        .map(|phrase| (phrase, common::unit_vector(rng, DIM)))
-        .collect();
-    Arc::new(hyperrec_rerank::ContextVocabulary::new(entries).expect("vocabulary"))
-}
-
 fn random_weights(rng: &mut StdRng, heads: usize) -> hyperrec_rerank::RerankWeights {
     let mut weights = hyperrec_rerank::RerankWeights::untrained(DIM, heads);
     let scale = 1.0 / (DIM as f32).sqrt();
@@ -644,7 +620,7 @@ fn rerank_matches_the_cpu_stage() {
         )
         .expect("device tables"),
     ));
-    let vocabulary = random_vocabulary(&mut rng);
+    let vocabulary = common::random_vocabulary(&mut rng, DIM);
     let case =
         |trained, heads, queries, results, retrieved, rerank_candidates, history_len| RerankCase {
             trained,
@@ -812,50 +788,23 @@ fn graph_replay_matches_eager_stages() {
     let items = random_items(&mut rng, 6000, DIM);
     let users = random_users(&mut rng, &items, 200, 60);
     let tables = tables(&cuda, &items, &users);
-    let vocabulary = random_vocabulary(&mut rng);
-    let config = hyperrec_rerank::RerankConfig::default();
-    let make = || {
-        hyperrec_kernels::GpuPath::new(
-            CudaFusion::new(&cuda, users.clone(), tables.clone(), 0.4).expect("fusion"),
-            CudaSimilarity::new(
-                &cuda,
-                users.clone(),
-                tables.clone(),
-                SimilarityParams {
-                    candidates: 100,
-                    exclude_seen: true,
-                },
-            )
-            .expect("similarity"),
-            hyperrec_kernels::CudaRerank::new(
-                &cuda,
-                users.clone(),
-                tables.clone(),
-                vocabulary.clone(),
-                config.clone(),
-                hyperrec_rerank::RerankWeights::untrained(DIM, config.heads),
-            )
-            .expect("rerank"),
-        )
-    };
+    let vocabulary = common::random_vocabulary(&mut rng, DIM);
+    let make = || common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
     let mut eager = make();
     let mut graph = make();
     let requests = random_requests(&mut rng, 200, 16, 10);
     let mut graph_batch = Batch::new(&cuda, DIM).expect("batch");
     for round in 0..4 {
         let queries = random_queries(&mut rng, 16, DIM);
-        let mut batch = Batch::new(&cuda, DIM).expect("batch");
-        batch.reset(&cuda, requests.clone()).expect("reset");
-        cuda.upload(&queries, &mut batch.query_embeddings)
-            .expect("upload");
-        eager.fusion.run(&cuda, &mut batch).expect("fusion");
-        eager.similarity.run(&cuda, &mut batch).expect("similarity");
-        eager.rerank.run(&cuda, &mut batch).expect("rerank");
-
-        graph_batch.reset(&cuda, requests.clone()).expect("reset");
-        cuda.upload(&queries, &mut graph_batch.query_embeddings)
-            .expect("upload");
-        graph.run(&cuda, &mut graph_batch).expect("graph path");
+        let batch = common::run_eager_and_graph(
+            &cuda,
+            &mut eager,
+            &mut graph,
+            &mut graph_batch,
+            &requests,
+            &queries,
+            DIM,
+        );
         assert_eq!(
             download(&cuda, &batch.result_ids),
             download(&cuda, &graph_batch.result_ids),

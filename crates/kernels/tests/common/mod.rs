@@ -11,8 +11,12 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, SharedUsers, UserTable};
-use hyperrec_kernels::Cuda;
-use hyperrec_stage::{Context, Request, UserId};
+use hyperrec_kernels::{
+    Cuda, CudaBuffer, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables, GpuPath,
+    SimilarityParams, TablesConfig,
+};
+use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
+use hyperrec_stage::{Batch, Context, Device, Element, Request, Stage, UserId};
 
 /// The GPU, or `None` after printing a visible skip notice.
 pub fn cuda_or_skip(test: &str) -> Option<Cuda> {
@@ -134,4 +138,97 @@ pub fn random_requests(rng: &mut StdRng, n_users: usize, n: usize, k: usize) -> 
 
 pub fn random_queries(rng: &mut StdRng, n: usize, dim: usize) -> Vec<f32> {
     (0..n).flat_map(|_| unit_vector(rng, dim)).collect()
+}
+
+/// The catalog and user tables on the device, shared by the stages under test.
+pub fn device_tables(
+    cuda: &Cuda,
+    items: &ItemEmbeddings,
+    users: &SharedUsers,
+) -> hyperrec_kernels::SharedTables {
+    let tables = DeviceTables::new(cuda, items, &users.read(), TablesConfig::default())
+        .expect("device tables");
+    Arc::new(parking_lot::Mutex::new(tables))
+}
+
+/// A device buffer's contents on the host.
+pub fn download<T: Element>(cuda: &Cuda, buffer: &CudaBuffer<T>) -> Vec<T> {
+    let mut host = Vec::new();
+    cuda.download(buffer, &mut host).expect("download");
+    host
+}
+
+/// Context phrases of four genres with random unit embeddings of width `dim`.
+pub fn random_vocabulary(rng: &mut StdRng, dim: usize) -> Arc<ContextVocabulary> {
+    let genres: Vec<String> = ["thriller", "comedy", "drama", "horror"]
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    let entries = ContextVocabulary::all_phrases(&genres)
+        .into_iter()
+        .map(|phrase| (phrase, unit_vector(rng, dim)))
+        .collect();
+    Arc::new(ContextVocabulary::new(entries).expect("vocabulary"))
+}
+
+/// The post-encoding path with the stock GPU stages: fusion (alpha 0.4), similarity (100
+/// candidates, seen items excluded) and the rerank with untrained weights.
+pub fn stock_path(
+    cuda: &Cuda,
+    users: &SharedUsers,
+    tables: &hyperrec_kernels::SharedTables,
+    vocabulary: &Arc<ContextVocabulary>,
+    dim: usize,
+) -> GpuPath {
+    let config = RerankConfig::default();
+    GpuPath::new(
+        CudaFusion::new(cuda, users.clone(), tables.clone(), 0.4).expect("fusion"),
+        CudaSimilarity::new(
+            cuda,
+            users.clone(),
+            tables.clone(),
+            SimilarityParams {
+                candidates: 100,
+                exclude_seen: true,
+            },
+        )
+        .expect("similarity"),
+        CudaRerank::new(
+            cuda,
+            users.clone(),
+            tables.clone(),
+            vocabulary.clone(),
+            config.clone(),
+            RerankWeights::untrained(dim, config.heads),
+        )
+        .expect("rerank"),
+    )
+}
+
+/// Runs `requests` with `queries` through `eager`'s stages one by one on a fresh batch
+/// (returned) and through `graph` (captured / replayed) on `graph_batch`, so a test can
+/// compare what each wrote.
+#[allow(clippy::too_many_arguments)]
+pub fn run_eager_and_graph(
+    cuda: &Cuda,
+    eager: &mut GpuPath,
+    graph: &mut GpuPath,
+    graph_batch: &mut Batch<Cuda>,
+    requests: &[Request],
+    queries: &[f32],
+    dim: usize,
+) -> Batch<Cuda> {
+    let mut batch = Batch::new(cuda, dim).expect("batch");
+    batch.reset(cuda, requests.to_vec()).expect("reset");
+    cuda.upload(queries, &mut batch.query_embeddings)
+        .expect("upload");
+    eager.fusion.run(cuda, &mut batch).expect("fusion");
+    eager.similarity.run(cuda, &mut batch).expect("similarity");
+    eager.rerank.run(cuda, &mut batch).expect("rerank");
+
+    graph_batch.reset(cuda, requests.to_vec()).expect("reset");
+    cuda.upload(queries, &mut graph_batch.query_embeddings)
+        .expect("upload");
+    graph.run(cuda, graph_batch).expect("graph path");
+    batch
 }
