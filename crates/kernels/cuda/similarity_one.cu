@@ -188,6 +188,237 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The int8 first pass (similarity_top_k_one_int8).
+//
+// Why: the fp16 pass streams the 48 MB item table from HBM every query (~16 us at the
+// floor); an int8 copy with per-row scales (24 MB) stays in the H100's 50 MB L2 between
+// queries and is read in a few microseconds. Its scores are approximate, so every block
+// turns them into proven bounds on the exact fp16 pass's keys and the last block rescores
+// only the items those bounds cannot rule out, with the fp16 pass's own arithmetic:
+//   codes:  x~[j] in [-127, 127]^dim, scale s[j] = max |h[j]| / 127 of the fp16 row h[j];
+//   bounds: per row (s, r, n, 0) with r >= ||h - s x~||, n >= ||s x~|| (host, in f64);
+//   query:  q~ = rint(q / sq) in int16, sq = max |q| / 32767, dq = q - sq q~ (per block);
+//   approx: a = sq s (q~ . x~) (int32 dot products, dp2a);
+//   then |q.h - a| <= ||q|| r + ||dq|| n (Cauchy-Schwarz on the two residuals) plus the
+//   floating-point slack of both computations (see bound_of). With e the exact pass's fp32
+//   score and key() the fp16 order key, key(rd(a - B)) <= key(e) <= key(ru(a + B)).
+// Selection without global atomics (every block finishes its L2-fast pass at about the same
+// time, and 60K histogram atomics arriving together serialized for ~9 us): each block
+// publishes its four best lower keys L ("L-heads"), its eligible count, its list sorted by
+// upper key U, and the exact keys of its two best-U rows (rescored by the block's idle seen
+// warp while the others write the list). The last block takes the k-th best bin b of the
+// L-heads (a shared-memory histogram): at least k eligible items have L in b or above, so
+// every item of the top k has U >= key >= b, and the candidates are the list entries whose U
+// clears b. It rescores those that are not among their slice's two precomputed rows and
+// selects. Rows the bounds cannot describe (non-finite rows or query, huge values) make their
+// U 0xffff ("unknown") and send the last block to an exact slow path, as do too few L-heads
+// (k beyond four per slice) and a candidate set beyond CAND_CAP.
+#define QUERY_LEVELS 32767.0f  // int16 query codes
+#define CODE_LEVELS 127.0f     // int8 item codes
+#define UNKNOWN_KEY 0xffffu    // above every real key (+inf keys as 0xfc00)
+#define PREFETCH_HEAD 4        // rows of each slice's best upper keys prefetched into L2
+#define EXACT_HEAD 2           // rows of each slice's best upper keys the block rescores
+#define WS_UNKNOWN (BINS + 1)  // workspace word: blocks that hold unknown rows
+#define UNSCORED_AT (CAND_CAP / 2)  // last block: candidates still to rescore go from here
+
+// Bound on |exact - a| for a row with bounds (s, r, n) and the query's norms. Slack: the
+// exact pass sums <= dim / 16 + 4 fp32 terms per lane and tree (relative error < 2.3e-6 of
+// sum |q h| <= ||q|| (n + r)), the query residual's own rounding (< 2u ||q|| n), `a`'s three
+// roundings (< 3.1e-7 |a|), and the norms' and this expression's roundings (relative < 5e-5,
+// covered by the final factor).
+__device__ __forceinline__ float bound_of(float a, float4 row, float q_norm, float dq_norm) {
+    return (q_norm * (row.y + 1e-5f * (row.z + row.y)) + dq_norm * row.z + 4e-7f * fabsf(a)) *
+           1.0001f;
+}
+
+// Lower and upper order keys of an approximate score; UNKNOWN_KEY / 0 when the bound is not
+// finite or the values are too large for the slack terms to cover.
+__device__ __forceinline__ void bound_keys(float a, float bound, unsigned* lower,
+                                           unsigned* upper) {
+    if (!(fabsf(a) + bound <= 1e30f)) {  // also catches NaN
+        *lower = 0u;
+        *upper = UNKNOWN_KEY;
+        return;
+    }
+    *lower = order_key(__half_as_ushort(__float2half_rd(__fsub_rd(a, bound))));
+    *upper = order_key(__half_as_ushort(__float2half_ru(__fadd_ru(a, bound))));
+}
+
+// Sum / max / or over the block (ONE_THREADS threads); every thread gets the results, in the
+// same order of operations in every block. Uses red[0 .. 3 * 32).
+__device__ __forceinline__ void block_reduce(float* sum, float* maximum, unsigned* any,
+                                             float* red) {
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float s = *sum, m = *maximum;
+    unsigned o = *any;
+#pragma unroll
+    for (unsigned offset = 16; offset > 0; offset >>= 1) {
+        s += __shfl_xor_sync(0xffffffffu, s, offset);
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        o |= __shfl_xor_sync(0xffffffffu, o, offset);
+    }
+    if (lane == 0) {
+        red[warp] = s;
+        red[32 + warp] = m;
+        red[64 + warp] = __uint_as_float(o);
+    }
+    __syncthreads();
+    s = 0.0f;
+    m = 0.0f;
+    o = 0u;
+#pragma unroll
+    for (unsigned w = 0; w < ONE_THREADS / 32; ++w) {
+        s += red[w];
+        m = fmaxf(m, red[32 + w]);
+        o |= __float_as_uint(red[64 + w]);
+    }
+    *sum = s;
+    *maximum = m;
+    *any = o;
+    __syncthreads();  // red may be reused at once
+}
+
+// The exact pass's score of item `index` for the fp32 query in shared memory, as
+// item_scores_one and the fp16 kernel compute it (half a warp per row, lane `sub` owning
+// halves c * 128 + 8 sub .. + 7, the same products in the same order, the same shuffle tree),
+// so its fp16 key equals theirs bit for bit. Every lane of the warp calls it with its own
+// half's row (`valid` false: a zero row); lanes `sub == 0` get the sum.
+__device__ __forceinline__ void exact_rows(const __half* __restrict__ items, unsigned dim,
+                                           const float* query_s, unsigned row_a, bool valid_a,
+                                           unsigned row_b, bool valid_b, float* sa_out,
+                                           float* sb_out) {
+    const unsigned lane = threadIdx.x & 31, sub = lane & 15, chunks = dim >> 7;
+    uint4 a[MAX_CHUNKS], b[MAX_CHUNKS];
+#pragma unroll
+    for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+        a[c] = b[c] = make_uint4(0, 0, 0, 0);
+        if (c < chunks) {
+            if (valid_a)
+                a[c] = *reinterpret_cast<const uint4*>(items + (size_t)row_a * dim + c * 128 + sub * 8);
+            if (valid_b)
+                b[c] = *reinterpret_cast<const uint4*>(items + (size_t)row_b * dim + c * 128 + sub * 8);
+        }
+    }
+    float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+    for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+        if (c < chunks) {
+            const float4 q0 = *reinterpret_cast<const float4*>(query_s + c * 128 + sub * 8);
+            const float4 q1 = *reinterpret_cast<const float4*>(query_s + c * 128 + sub * 8 + 4);
+            const float qv[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+            const __half2* ha = reinterpret_cast<const __half2*>(&a[c]);
+            const __half2* hb = reinterpret_cast<const __half2*>(&b[c]);
+#pragma unroll
+            for (unsigned e = 0; e < 4; ++e) {
+                const float2 fa = __half22float2(ha[e]), fb = __half22float2(hb[e]);
+                sa += qv[2 * e] * fa.x + qv[2 * e + 1] * fa.y;
+                sb += qv[2 * e] * fb.x + qv[2 * e + 1] * fb.y;
+            }
+        }
+    }
+#pragma unroll
+    for (unsigned offset = 8; offset > 0; offset >>= 1) {
+        sa += __shfl_xor_sync(0xffffffffu, sa, offset);
+        sb += __shfl_xor_sync(0xffffffffu, sb, offset);
+    }
+    *sa_out = sa;
+    *sb_out = sb;
+}
+
+// Replaces the entries cand[from .. to) (low 32 bits: NO_ITEM - index; key bits ignored) by
+// pack(exact key, index). Four rows per warp per step (two per half warp), all of a step's
+// loads in flight together; sets *nan_seen when an exact key is 0 (a NaN score).
+__device__ void rescore(unsigned long long* cand, unsigned from, unsigned to,
+                        const __half* __restrict__ items, unsigned dim, const float* query_s,
+                        unsigned* nan_seen) {
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane & 15,
+                   side = lane >> 4;
+    for (unsigned first = from + warp * 4; first < to; first += ONE_THREADS / 8) {
+        const unsigned pa = first + side, pb = first + 2 + side;
+        const bool va = pa < to, vb = pb < to;
+        const unsigned ia = va ? NO_ITEM - (unsigned)(cand[pa] & 0xffffffffull) : 0u;
+        const unsigned ib = vb ? NO_ITEM - (unsigned)(cand[pb] & 0xffffffffull) : 0u;
+        float sa, sb;
+        exact_rows(items, dim, query_s, ia, va, ib, vb, &sa, &sb);
+        if (sub == 0) {
+            if (va) {
+                const unsigned key = order_key(__half_as_ushort(__float2half_rn(sa)));
+                cand[pa] = pack(key, ia);
+                if (key == 0) *nan_seen = 1u;
+            }
+            if (vb) {
+                const unsigned key = order_key(__half_as_ushort(__float2half_rn(sb)));
+                cand[pb] = pack(key, ib);
+                if (key == 0) *nan_seen = 1u;
+            }
+        }
+    }
+}
+
+// The exact selection when the bounds cannot narrow it (unknown rows, or more candidates
+// than CAND_CAP): every list entry whose upper key is nonzero and whose bin is at least
+// `min_bin` is rescored, slice by slice, keeping the best k (exact keys, ties by the smaller
+// index) in cand[0 .. kept) between rounds. Slow (one block rescoring up to the whole
+// catalog) and only for such inputs; exact whatever they are. `misc` words 12 .. 15 are its
+// counters.
+__device__ void exact_slow_path(unsigned long long* cand, const unsigned* __restrict__ lists,
+                                unsigned n_items, unsigned slice, unsigned n_slices,
+                                unsigned min_bin, unsigned k, const __half* __restrict__ items,
+                                unsigned dim, const float* query_s, unsigned* scratch,
+                                unsigned* misc, unsigned* __restrict__ out_ids,
+                                float* __restrict__ out_scores) {
+    const unsigned t = threadIdx.x;
+    unsigned* kept = &misc[12];     // exact entries at the front of cand
+    unsigned* pending = &misc[13];  // entries after them still to rescore
+    unsigned* nan_seen = &misc[14];
+    if (t == 0) {
+        *kept = 0;
+        *pending = 0;
+    }
+    __syncthreads();
+    auto flush = [&]() {
+        const unsigned from = *kept, to = from + *pending;
+        rescore(cand, from, to, items, dim, query_s, nan_seen);
+        unsigned padded = 1;
+        while (padded < to) padded <<= 1;
+        __syncthreads();
+        for (unsigned i = to + t; i < padded; i += ONE_THREADS) cand[i] = 0;
+        sort_descending(cand, padded);
+        // Entries with key 0 (NaN scores) sort last; keep at most k of the others.
+        unsigned valid = 0;
+        for (unsigned i = t; i < to; i += ONE_THREADS) valid += (cand[i] >> 32) != 0;
+        valid = block_inclusive_scan(valid, scratch);
+        if (t == ONE_THREADS - 1) {
+            *kept = min(valid, k);
+            *pending = 0;
+        }
+        __syncthreads();
+    };
+    for (unsigned s = 0; s < n_slices; ++s) {
+        const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+        if (*kept + *pending + s_count > CAND_CAP) flush();
+        const unsigned entry = t < s_count ? __ldcg(lists + s_begin + t) : 0u;
+        const unsigned take = t < s_count && (entry >> 16) != 0 && (entry >> 20) >= min_bin;
+        const unsigned through = block_inclusive_scan(take, scratch);
+        if (take) cand[*kept + *pending + through - 1] = pack(0, entry_index(entry, s_begin));
+        __syncthreads();
+        if (t == ONE_THREADS - 1) *pending += through;
+        __syncthreads();
+    }
+    flush();
+    const unsigned n = *kept;
+    for (unsigned i = t; i < k; i += ONE_THREADS) {
+        if (i < n) {
+            out_ids[i] = NO_ITEM - (unsigned)(cand[i] & 0xffffffffull);
+            out_scores[i] = key_score((unsigned)(cand[i] >> 32));
+        } else {
+            out_ids[i] = NO_ITEM;
+            out_scores[i] = -INFINITY;
+        }
+    }
+}
+
 // One query: scores[j] = fp16(query . items[j]) for every item, and the best k (1..=1024)
 // eligible items into out_ids / out_scores ([k], best first, ties by the smaller index,
 // padded with NO_ITEM / -inf).
@@ -196,19 +427,25 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 //               ceil(n_items / slice) blocks of ONE_THREADS threads
 //   exclude_user, seen_*: as topk_filter (exclude_user[0] is the query's user or NO_USER;
 //               null for no exclusion)
-//   workspace:  WS_LISTS + grid * slice words, all zero before the first launch; every launch
-//               leaves the histogram and ticket zero again (the lists are scratch)
+//   workspace:  WS_LISTS + grid * (slice + 7) words, all zero before the first launch; every
+//               launch leaves the histogram, ticket and unknown count zero again (the lists
+//               and the INT8 per-slice words after them are scratch)
 //   trace:      null, or (grid + 1) * 8 words of phase marks (see gpu-bench --trace-fused)
-extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
-similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
-                     const float* __restrict__ query, unsigned dim, unsigned slice,
-                     const unsigned* __restrict__ exclude_user,
-                     const unsigned* __restrict__ seen_offsets,
-                     const unsigned* __restrict__ seen_lens,
-                     const unsigned* __restrict__ seen_items, unsigned k,
-                     __half* __restrict__ scores, unsigned* __restrict__ workspace,
-                     unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
-                     unsigned* __restrict__ trace) {
+// INT8: the int8 first pass above instead of the fp16 pass; `scores` is not written.
+//   codes:      [n_items, dim] int8 item codes (16-byte aligned rows), INT8 only
+//   bounds:     [n_items] (scale, residual norm, code norm, 0) per row, INT8 only
+template <bool INT8>
+__device__ __forceinline__ void
+similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__ codes,
+                      const float4* __restrict__ bounds, unsigned n_items,
+                      const float* __restrict__ query, unsigned dim, unsigned slice,
+                      const unsigned* __restrict__ exclude_user,
+                      const unsigned* __restrict__ seen_offsets,
+                      const unsigned* __restrict__ seen_lens,
+                      const unsigned* __restrict__ seen_items, unsigned k,
+                      __half* __restrict__ scores, unsigned* __restrict__ workspace,
+                      unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
+                      unsigned* __restrict__ trace) {
     __shared__ __align__(16) float query_s[MAX_DIM];
     __shared__ __align__(16) unsigned entries[MAX_SLICE];  // this slice's entries, by item
     // This slice sorted (other blocks), or the last block's candidates.
@@ -216,9 +453,18 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
     __shared__ unsigned seen_bits[MAX_SLICE / 32];
     __shared__ unsigned scratch[32];
     __shared__ unsigned misc[16];
+    // INT8: lower keys of this slice, the int16 query codes (pairs), reduction scratch.
+    __shared__ unsigned lower_keys[INT8 ? MAX_SLICE : 1];
+    __shared__ __align__(16) unsigned query_codes[INT8 ? MAX_DIM / 2 : 1];
+    __shared__ float red[INT8 ? 96 : 1];
+    __shared__ unsigned warp_tops[INT8 ? (MAX_SLICE / 32) * 4 : 1];
     unsigned* sorted = reinterpret_cast<unsigned*>(cand);
     unsigned* hist = workspace;
     unsigned* lists = workspace + WS_LISTS;
+    // INT8, after the lists: per slice 4 L-heads, EXACT_HEAD exact keys, the eligible count.
+    unsigned* lower_heads = lists + gridDim.x * slice;
+    unsigned* exact_heads = lower_heads + 4 * gridDim.x;
+    unsigned* eligible = exact_heads + EXACT_HEAD * gridDim.x;
 
     const unsigned t = threadIdx.x, warp = t >> 5, lane = t & 31;
     const unsigned begin = blockIdx.x * slice;
@@ -248,16 +494,109 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
             }
         }
     };
-    if (warp < GEMV_WARPS) load_rows(warp * 4);
+    // INT8: eight lanes per row (lane `part` reads 16 bytes of codes per 128-column chunk),
+    // four rows per warp step; two steps' codes in flight (ca / cb), lane part == 0 also
+    // loads its row's bounds.
+    const unsigned part = lane & 7, quarter = lane >> 3;
+    int4 ca[MAX_CHUNKS], cb[MAX_CHUNKS];
+    float4 ba = make_float4(0, 0, 0, 0), bb = make_float4(0, 0, 0, 0);
+    auto load_codes = [&](unsigned first, int4 (&c4)[MAX_CHUNKS], float4& bnd) {
+        const unsigned row = first + quarter;
+#pragma unroll
+        for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+            c4[c] = make_int4(0, 0, 0, 0);
+            if (c < chunks && row < count)
+                c4[c] = codes[(size_t)(begin + row) * (dim >> 4) + c * 8 + part];
+        }
+        if (part == 0 && row < count) bnd = bounds[begin + row];
+    };
+    if constexpr (INT8) {
+        if (warp < GEMV_WARPS) load_codes(warp * 4, ca, ba);
+    } else {
+        if (warp < GEMV_WARPS) load_rows(warp * 4);
+    }
     for (unsigned i = t; i < dim; i += ONE_THREADS) query_s[i] = query[i];
     if (t < MAX_SLICE / 32) seen_bits[t] = 0;
     // Entries past the slice stay 0, which never ranks above a real entry.
     for (unsigned i = t; i < MAX_SLICE; i += ONE_THREADS) entries[i] = 0;
     if (t < 16) misc[t] = 0;
     __syncthreads();
+    float q_norm = 0.0f, dq_norm = 0.0f, q_scale = 0.0f;
+    if constexpr (INT8) {
+        // The query's int16 codes and the norms the bounds need; non-finite values make
+        // every row unknown.
+        float sum = 0.0f, amax = 0.0f;
+        unsigned bad = 0u;
+        for (unsigned i = t; i < dim; i += ONE_THREADS) {
+            const float v = query_s[i];
+            bad |= !isfinite(v);
+            amax = fmaxf(amax, fabsf(v));
+            sum += v * v;
+        }
+        block_reduce(&sum, &amax, &bad, red);
+        q_norm = sqrtf(sum);
+        q_scale = amax / QUERY_LEVELS;
+        const float inverse = amax > 0.0f ? QUERY_LEVELS / amax : 0.0f;
+        float residual = 0.0f;
+        if (t < (dim >> 1)) {
+            const float2 v = *reinterpret_cast<const float2*>(query_s + 2 * t);
+            const float c0 = fminf(fmaxf(rintf(v.x * inverse), -QUERY_LEVELS), QUERY_LEVELS);
+            const float c1 = fminf(fmaxf(rintf(v.y * inverse), -QUERY_LEVELS), QUERY_LEVELS);
+            const float d0 = v.x - q_scale * c0, d1 = v.y - q_scale * c1;
+            residual = d0 * d0 + d1 * d1;
+            query_codes[t] = ((unsigned)(int)c0 & 0xffffu) | ((unsigned)(int)c1 << 16);
+        }
+        float unused_max = 0.0f;
+        unsigned unused_any = 0u;
+        block_reduce(&residual, &unused_max, &unused_any, red);  // also publishes query_codes
+        dq_norm = sqrtf(residual);
+        if (bad) q_norm = INFINITY;  // every bound becomes unknown
+    }
     if (mark && t == 0) mark[3] = clock_mark();
 
-    if (warp < GEMV_WARPS) {
+    if (INT8 && warp < GEMV_WARPS) {
+        // 1'. Approximate scores and their key bounds. Lane `part` of quarter `quarter`
+        // multiplies 16 codes per chunk by the matching 16 int16 query codes (8 pairs from
+        // shared memory) with dp2a, then the eight lanes of the row sum.
+        auto approximate = [&](unsigned first, const int4 (&c4)[MAX_CHUNKS], float4 bnd) {
+            const unsigned row = first + quarter;
+            int acc = 0;
+#pragma unroll
+            for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+                if (c < chunks) {
+                    const uint4* qp =
+                        reinterpret_cast<const uint4*>(query_codes + (c * 8 + part) * 8);
+                    const uint4 q0 = qp[0], q1 = qp[1];
+                    acc = __dp2a_lo((int)q0.x, c4[c].x, acc);
+                    acc = __dp2a_hi((int)q0.y, c4[c].x, acc);
+                    acc = __dp2a_lo((int)q0.z, c4[c].y, acc);
+                    acc = __dp2a_hi((int)q0.w, c4[c].y, acc);
+                    acc = __dp2a_lo((int)q1.x, c4[c].z, acc);
+                    acc = __dp2a_hi((int)q1.y, c4[c].z, acc);
+                    acc = __dp2a_lo((int)q1.z, c4[c].w, acc);
+                    acc = __dp2a_hi((int)q1.w, c4[c].w, acc);
+                }
+            }
+#pragma unroll
+            for (unsigned offset = 4; offset > 0; offset >>= 1)
+                acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+            if (part == 0 && row < count) {
+                const float a = (q_scale * bnd.x) * (float)acc;
+                unsigned lower, upper;
+                bound_keys(a, bound_of(a, bnd, q_norm, dq_norm), &lower, &upper);
+                entries[row] = (upper << 16) | (0xffffu - row);
+                lower_keys[row] = lower;
+            }
+        };
+        for (unsigned first = warp * 4; first < count; first += 2 * GEMV_WARPS * 4) {
+            const unsigned second = first + GEMV_WARPS * 4;
+            if (second < count) load_codes(second, cb, bb);
+            approximate(first, ca, ba);
+            if (second >= count) break;
+            if (second + GEMV_WARPS * 4 < count) load_codes(second + GEMV_WARPS * 4, ca, ba);
+            approximate(second, cb, bb);
+        }
+    } else if (!INT8 && warp < GEMV_WARPS) {
         // 1. Scores: a warp takes four consecutive rows per step, half a warp per row pair;
         // lane `sub` of half `side` reads 16 bytes of rows r + side and r + 2 + side per
         // 128-column chunk, all loads issued before any product.
@@ -330,9 +669,33 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
         if ((seen_bits[t >> 5] >> (t & 31)) & 1u) {
             mine &= 0xffffu;
             entries[t] = mine;
+            if constexpr (INT8) lower_keys[t] = 0u;
         }
     }
-    __syncthreads();
+    unsigned lower_top = 0;  // INT8: this warp's running L-head candidate (packed)
+    if constexpr (INT8) {
+        // This warp's four best lower keys (packed with the local index, so distinct), by
+        // four warp maxima; whether an eligible row of this slice is unknown; the slice's
+        // eligible count (the barrier counts it).
+        const unsigned lower = t < count ? lower_keys[t] : 0u;
+        lower_top = lower != 0u ? (lower << 16) | (0xffffu - t) : 0u;
+        if (t < count && (mine >> 16) == UNKNOWN_KEY) misc[15] = 1u;
+        if (warp < MAX_SLICE / 32) {
+#pragma unroll
+            for (unsigned r = 0; r < 4; ++r) {
+                const unsigned best = __reduce_max_sync(0xffffffffu, lower_top);
+                if (lower_top == best) lower_top = 0;
+                if (lane == 0) warp_tops[warp * 4 + r] = best;
+            }
+        }
+        const unsigned n_eligible = __syncthreads_count(lower != 0u);
+        if (t == 0) {
+            eligible[blockIdx.x] = n_eligible;
+            if (misc[15] != 0u) atomicAdd(&workspace[WS_UNKNOWN], 1u);
+        }
+    } else {
+        __syncthreads();
+    }
     if (t < count) {
         unsigned rank = 0;
         const uint4* all = reinterpret_cast<const uint4*>(entries);
@@ -344,7 +707,43 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
         sorted[rank] = mine;
     }
     __syncthreads();
-    if (t < count) {
+    if constexpr (INT8) {
+        if (warp == GEMV_WARPS) {
+            // The seen warp rescores this slice's EXACT_HEAD best-U rows (half a warp each),
+            // the likeliest candidates, so the last block rarely has to.
+            const unsigned e = side < count ? sorted[side] : 0u;
+            const bool valid = (e >> 16) != 0u;
+            const unsigned index = valid ? entry_index(e, begin) : 0u;
+            float sa, unused;
+            exact_rows(items, dim, query_s, index, valid, 0u, false, &sa, &unused);
+            if (sub == 0)
+                exact_heads[blockIdx.x * EXACT_HEAD + side] =
+                    valid ? order_key(__half_as_ushort(__float2half_rn(sa))) : 0u;
+        } else if (warp == 0) {
+            // The slice's four best lower keys from the warps' fours.
+            unsigned v = lane < ((count + 31) / 32) * 4 ? warp_tops[lane] : 0u;
+#pragma unroll
+            for (unsigned r = 0; r < 4; ++r) {
+                const unsigned best = __reduce_max_sync(0xffffffffu, v);
+                if (v == best) v = 0;
+                if (lane == r) lower_top = best;
+            }
+            if (lane < 4) lower_heads[blockIdx.x * 4 + lane] = lower_top;
+        }
+        if (t < count) lists[begin + t] = sorted[t];
+        // The next rows the last block may rescore start on their way into L2.
+        const unsigned lines = dim >> 6;  // 128-byte lines per fp16 row
+        const unsigned p = EXACT_HEAD + t / lines;
+        if (t < (PREFETCH_HEAD - EXACT_HEAD) * lines && p < count) {
+            const unsigned e = sorted[p];
+            if ((e >> 16) != 0u) {
+                const char* line = reinterpret_cast<const char*>(
+                                       items + (size_t)entry_index(e, begin) * dim) +
+                                   (t % lines) * 128;
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+            }
+        }
+    } else if (t < count) {
         const unsigned entry = sorted[t], bin = entry >> 20;
         lists[begin + t] = entry;
         // Entries of one bin are consecutive: the run's last entry finds the run's first
@@ -394,7 +793,41 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
                                : make_uint4(0, 0, 0, 0);
     }
     unsigned* hist_s = reinterpret_cast<unsigned*>(cand);
-    {
+    // INT8: the slices' L-heads, exact head keys and eligible counts, in the same round trip.
+    uint4 lower_held[HEADS_HELD];
+    uint2 exact_held[HEADS_HELD];
+    unsigned eligible_held = 0;
+    if constexpr (INT8) {
+#pragma unroll
+        for (unsigned j = 0; j < HEADS_HELD; ++j) {
+            const unsigned s = t + j * ONE_THREADS;
+            lower_held[j] = make_uint4(0, 0, 0, 0);
+            exact_held[j] = make_uint2(0, 0);
+            if (s < n_slices) {
+                lower_held[j] = __ldcg(reinterpret_cast<const uint4*>(lower_heads) + s);
+                exact_held[j] = __ldcg(reinterpret_cast<const uint2*>(exact_heads) + s);
+                eligible_held += __ldcg(eligible + s);
+            }
+        }
+        // The L-heads' histogram in shared memory (cleared first).
+        for (unsigned v = t; v < HIST_VECS; v += ONE_THREADS)
+            reinterpret_cast<uint4*>(hist_s)[v] = make_uint4(0, 0, 0, 0);
+        __syncthreads();
+        auto count_heads = [&](uint4 h) {
+            const unsigned e[4] = {h.x, h.y, h.z, h.w};
+#pragma unroll
+            for (unsigned u = 0; u < 4; ++u)
+                if (e[u] != 0u) atomicAdd(&hist_s[e[u] >> 20], 1u);
+        };
+#pragma unroll
+        for (unsigned j = 0; j < HEADS_HELD; ++j) count_heads(lower_held[j]);
+        for (unsigned s = t + HEADS_HELD * ONE_THREADS; s < n_slices; s += ONE_THREADS) {
+            count_heads(__ldcg(reinterpret_cast<const uint4*>(lower_heads) + s));
+            eligible_held += __ldcg(eligible + s);
+        }
+        const unsigned total = block_inclusive_scan(eligible_held, scratch);
+        if (t == ONE_THREADS - 1) misc[9] = total;  // eligible items
+    } else {
         uint4 vec[HIST_VECS_PER_THREAD];
         uint4* hist_vecs = reinterpret_cast<uint4*>(hist);
 #pragma unroll
@@ -411,7 +844,15 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
             }
         }
     }
-    if (t == 0) workspace[WS_TICKET] = 0;
+    (void)lower_held;
+    (void)exact_held;
+    if (t == 0) {
+        workspace[WS_TICKET] = 0;
+        if constexpr (INT8) {
+            misc[11] = __ldcg(&workspace[WS_UNKNOWN]);
+            workspace[WS_UNKNOWN] = 0;
+        }
+    }
     __syncthreads();
     // Thread t < BINS / HIST_PER_THREAD holds bins BINS-1 - t*HIST_PER_THREAD downwards
     // (held[i] is bin BINS-1 - t*HIST_PER_THREAD - i), so one scan finds the bin of the
@@ -434,9 +875,16 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
         for (unsigned i = 0; i < HIST_PER_THREAD; ++i) held_total += held[i];
     }
     const unsigned through = block_inclusive_scan(held_total, scratch);
-    if (t == ONE_THREADS - 1) misc[3] = through;  // eligible items
+    if (t == ONE_THREADS - 1) misc[3] = through;  // eligible items (INT8: L-heads)
     __syncthreads();
-    const unsigned k_eff = min(k, misc[3]);
+    const unsigned k_eff = min(k, INT8 ? misc[9] : misc[3]);
+    if (INT8 && (misc[11] != 0 || misc[3] < k_eff)) {
+        // Rows without a usable bound, or fewer L-heads than k: the exact selection over
+        // every unseen item.
+        exact_slow_path(cand, lists, n_items, slice, gridDim.x, 0u, k, items, dim, query_s,
+                        scratch, misc, out_ids, out_scores);
+        return;
+    }
     if (k_eff == 0) {
         for (unsigned i = t; i < k; i += ONE_THREADS) {
             out_ids[i] = NO_ITEM;
@@ -466,6 +914,132 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
         last_mark[6] = above_bin + in_bin;              // candidates
     }
 
+    if constexpr (INT8) {
+        // Every entry whose upper key clears the bin: each slice's list starts with them.
+        // Those at list positions below EXACT_HEAD come with their exact keys (cand from 0,
+        // counted in misc[7]); the others are rescored here (cand from UNSCORED_AT, misc[8]).
+        unsigned taken[HEADS_HELD];
+        unsigned n_scored = 0, n_unscored = 0;
+#pragma unroll
+        for (unsigned j = 0; j < HEADS_HELD; ++j) {
+            const unsigned s = t + j * ONE_THREADS;
+            const unsigned s_count = s < n_slices ? min(slice, n_items - s * slice) : 0u;
+            const unsigned e[4] = {head[j].x, head[j].y, head[j].z, head[j].w};
+            unsigned n = 0;
+#pragma unroll
+            for (unsigned u = 0; u < 4; ++u)
+                if (n == u && u < s_count && (e[u] >> 16) != 0u && (e[u] >> 20) >= kth_bin) ++n;
+            taken[j] = n;
+            n_scored += min(n, (unsigned)EXACT_HEAD);
+            n_unscored += n - min(n, (unsigned)EXACT_HEAD);
+        }
+        unsigned at_scored = n_scored, at_unscored = n_unscored;  // inclusive over the warp
+#pragma unroll
+        for (unsigned offset = 1; offset < 32; offset <<= 1) {
+            const unsigned a = __shfl_up_sync(0xffffffffu, at_scored, offset);
+            const unsigned b = __shfl_up_sync(0xffffffffu, at_unscored, offset);
+            if (lane >= offset) {
+                at_scored += a;
+                at_unscored += b;
+            }
+        }
+        unsigned base_scored = 0, base_unscored = 0;
+        if (lane == 31) {
+            if (at_scored > 0) base_scored = atomicAdd(&misc[7], at_scored);
+            if (at_unscored > 0) base_unscored = atomicAdd(&misc[8], at_unscored);
+        }
+        at_scored += __shfl_sync(0xffffffffu, base_scored, 31) - n_scored;
+        at_unscored += __shfl_sync(0xffffffffu, base_unscored, 31) - n_unscored;
+#pragma unroll
+        for (unsigned j = 0; j < HEADS_HELD; ++j) {
+            const unsigned s_begin = (t + j * ONE_THREADS) * slice;
+            const unsigned e[4] = {head[j].x, head[j].y, head[j].z, head[j].w};
+            const unsigned exact[2] = {exact_held[j].x, exact_held[j].y};
+#pragma unroll
+            for (unsigned u = 0; u < 4; ++u) {
+                if (u >= taken[j]) continue;
+                const unsigned index = entry_index(e[u], s_begin);
+                if (u < EXACT_HEAD) {
+                    if (exact[u] == 0u) misc[14] = 1u;  // a NaN score
+                    if (at_scored < UNSCORED_AT) cand[at_scored] = pack(exact[u], index);
+                    ++at_scored;
+                } else {
+                    if (at_unscored < CAND_CAP - UNSCORED_AT)
+                        cand[UNSCORED_AT + at_unscored] = pack(0u, index);
+                    ++at_unscored;
+                }
+            }
+        }
+        // Then the rest: slices whose whole head cleared the bin (from entry 4 on) and slices
+        // past the held ones.
+        auto take_rest = [&](unsigned s, unsigned r) {
+            const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+            for (; r < s_count; r += 4) {
+                const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
+                const unsigned e[4] = {v.x, v.y, v.z, v.w};
+                bool more = true;
+#pragma unroll
+                for (unsigned u = 0; u < 4; ++u) {
+                    if (more && r + u < s_count && (e[u] >> 16) != 0u && (e[u] >> 20) >= kth_bin) {
+                        const unsigned at = atomicAdd(&misc[8], 1u);
+                        if (at < CAND_CAP - UNSCORED_AT)
+                            cand[UNSCORED_AT + at] = pack(0u, entry_index(e[u], s_begin));
+                    } else {
+                        more = false;
+                    }
+                }
+                if (!more) break;
+            }
+        };
+#pragma unroll
+        for (unsigned j = 0; j < HEADS_HELD; ++j)
+            if (taken[j] == 4) take_rest(t + j * ONE_THREADS, 4);
+        // (Slices past the held ones are rescored whole: their exact heads are not loaded.)
+        for (unsigned s = t + HEADS_HELD * ONE_THREADS; s < n_slices; s += ONE_THREADS)
+            take_rest(s, 0);
+        __syncthreads();
+        const unsigned scored = misc[7], unscored = misc[8];
+        if (last_mark && t == 0) {
+            last_mark[2] = clock_mark();
+            last_mark[6] = scored + unscored;
+        }
+        if (scored > UNSCORED_AT || unscored > CAND_CAP - UNSCORED_AT) {
+            exact_slow_path(cand, lists, n_items, slice, n_slices, kth_bin, k, items, dim,
+                            query_s, scratch, misc, out_ids, out_scores);
+            return;
+        }
+        rescore(cand, UNSCORED_AT, UNSCORED_AT + unscored, items, dim, query_s, &misc[14]);
+        __syncthreads();
+        if (misc[14] != 0) {  // a NaN score the bounds did not foresee: start over exactly
+            exact_slow_path(cand, lists, n_items, slice, n_slices, 0u, k, items, dim, query_s,
+                            scratch, misc, out_ids, out_scores);
+            return;
+        }
+        // The rescored entries right after the scored ones (through registers: the ranges
+        // may overlap).
+        constexpr unsigned MOVES = (CAND_CAP - UNSCORED_AT + ONE_THREADS - 1) / ONE_THREADS;
+        unsigned long long moved[MOVES];
+#pragma unroll
+        for (unsigned m = 0; m < MOVES; ++m) {
+            const unsigned i = t + m * ONE_THREADS;
+            moved[m] = i < unscored ? cand[UNSCORED_AT + i] : 0ull;
+        }
+        __syncthreads();
+#pragma unroll
+        for (unsigned m = 0; m < MOVES; ++m) {
+            const unsigned i = t + m * ONE_THREADS;
+            if (i < unscored) cand[scored + i] = moved[m];
+        }
+        write_best(cand, scored + unscored, k_eff, k, out_ids, out_scores);
+        if (last_mark) {
+            __syncthreads();
+            if (t == 0) {
+                last_mark[3] = clock_mark();
+                last_mark[4] = global_mark();
+            }
+        }
+        return;
+    }
     if (above_bin + in_bin <= CAND_CAP) {
         // Every eligible entry at or above the bin: each slice's list starts with them.
         // First the heads already loaded: their leading entries that clear the bin, placed
@@ -598,4 +1172,36 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
             last_mark[4] = global_mark();
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
+similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
+                     const float* __restrict__ query, unsigned dim, unsigned slice,
+                     const unsigned* __restrict__ exclude_user,
+                     const unsigned* __restrict__ seen_offsets,
+                     const unsigned* __restrict__ seen_lens,
+                     const unsigned* __restrict__ seen_items, unsigned k,
+                     __half* __restrict__ scores, unsigned* __restrict__ workspace,
+                     unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
+                     unsigned* __restrict__ trace) {
+    similarity_top_k_body<false>(items, nullptr, nullptr, n_items, query, dim, slice,
+                                 exclude_user, seen_offsets, seen_lens, seen_items, k, scores,
+                                 workspace, out_ids, out_scores, trace);
+}
+
+// The same selection from the int8 first pass: `items` (fp16) only for the rescoring, no
+// `scores` row. codes: [n_items, dim] int8; bounds: [n_items] float4 (see bound_of).
+extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
+similarity_top_k_one_int8(const __half* __restrict__ items, const int4* __restrict__ codes,
+                          const float4* __restrict__ bounds, unsigned n_items,
+                          const float* __restrict__ query, unsigned dim, unsigned slice,
+                          const unsigned* __restrict__ exclude_user,
+                          const unsigned* __restrict__ seen_offsets,
+                          const unsigned* __restrict__ seen_lens,
+                          const unsigned* __restrict__ seen_items, unsigned k,
+                          unsigned* __restrict__ workspace, unsigned* __restrict__ out_ids,
+                          float* __restrict__ out_scores, unsigned* __restrict__ trace) {
+    similarity_top_k_body<true>(items, codes, bounds, n_items, query, dim, slice, exclude_user,
+                                seen_offsets, seen_lens, seen_items, k, nullptr, workspace,
+                                out_ids, out_scores, trace);
 }

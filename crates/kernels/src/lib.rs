@@ -17,6 +17,7 @@
 //! skip the GPU ones, saying so) on machines without CUDA, with or without the feature.
 
 pub mod ptx;
+pub mod quantized;
 
 #[cfg(feature = "cuda")]
 mod cache;
@@ -62,14 +63,15 @@ pub use similarity::{
 #[cfg(feature = "cuda")]
 pub use similarity_batch::{ScoreGemm, score_all_items_with};
 #[cfg(feature = "cuda")]
-pub use similarity_one::SimilarityOne;
+pub use similarity_one::{OnePass, SimilarityOne};
 #[cfg(feature = "cuda")]
 pub use tables::{DeviceTables, NO_ITEM, SharedTables, TablesConfig};
 
 /// Device bytes held by each component of the GPU path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryReport {
-    /// Item embeddings (fp16) and tables derived from them (rerank projections).
+    /// Item embeddings (fp16, and the int8 copy the batch-1 kernel scores first) and tables
+    /// derived from them (rerank projections).
     pub items: usize,
     /// User profiles (fp16).
     pub users: usize,

@@ -8,7 +8,7 @@ use hyperrec_stage::{Batch, Event, Request, RequestNotes, Stage, StageError, Use
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity_batch::{self, ScoreGemm};
-use crate::similarity_one::{self, FusedOutputs, FusedWorkspace, SeenSource};
+use crate::similarity_one::{self, FusedOutputs, FusedWorkspace, Int8Items, OnePass, SeenSource};
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
 
 /// Largest number of candidates the top-K kernel selects per query.
@@ -451,6 +451,8 @@ pub struct CudaSimilarity {
     /// The selection kernel a caller chose; `None`: the fused batch-1 kernel for one query
     /// (`similarity_one`), the default threshold filter otherwise.
     strategy: Option<TopKStrategy>,
+    /// The first pass of the fused batch-1 kernel.
+    one_pass: OnePass,
     /// Histogram, ticket and slice lists of the fused batch-1 kernel.
     fused_one: FusedWorkspace,
     exclude_host: Vec<u32>,
@@ -486,6 +488,7 @@ impl CudaSimilarity {
             tables,
             params,
             strategy: None,
+            one_pass: OnePass::default(),
             fused_one: FusedWorkspace::new(cuda)?,
             exclude_host: Vec::new(),
             exclude: cuda.alloc(0)?,
@@ -500,6 +503,12 @@ impl CudaSimilarity {
     /// one fused kernel; `None` restores that automatic choice.
     pub fn set_top_k_strategy(&mut self, strategy: impl Into<Option<TopKStrategy>>) {
         self.strategy = strategy.into();
+    }
+
+    /// Chooses the first pass of the fused batch-1 kernel (both select the same items with
+    /// the same scores; comparisons and tests). The default is [`OnePass::Int8`].
+    pub fn set_one_pass(&mut self, pass: OnePass) {
+        self.one_pass = pass;
     }
 
     /// Pre-launch host step: whose seen set each query excludes, uploaded (`notes.excluded`
@@ -652,9 +661,12 @@ impl CudaSimilarity {
                 lens: lens.device_ptr(),
                 items: items.device_ptr(),
             };
+            let (codes, bounds) = tables.item_codes();
+            let int8 = (self.one_pass == OnePass::Int8).then_some(Int8Items { codes, bounds });
             similarity_one::enqueue_fused(
                 cuda,
                 tables.items(),
+                int8,
                 n_items,
                 dim,
                 queries.device_ptr(),
@@ -711,6 +723,7 @@ impl CudaSimilarity {
             self.scores.device_ptr(),
             self.fused_one.device_ptr(),
             self.strategy.map_or(0, |s| s as u64 + 1),
+            self.one_pass as u64,
             tables.items().device_ptr(),
             offsets.device_ptr(),
             lens.device_ptr(),

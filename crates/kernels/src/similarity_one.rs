@@ -7,6 +7,7 @@
 
 use crate::CudaError;
 use crate::device::{Cuda, CudaBuffer, arg};
+use crate::quantized::BOUND_FLOATS;
 use crate::similarity::{MAX_CANDIDATES, score_row_stride};
 
 /// Threads per block of `similarity_top_k_one`: 8 scoring warps and one seen-list warp.
@@ -18,6 +19,8 @@ const MAX_SLICE: usize = 256;
 const TARGET_BLOCKS: usize = 132 * 3;
 /// Workspace words before the slices' lists: the 4096-bin histogram, the ticket, spare.
 const LISTS_OFFSET: usize = 4096 + 16;
+/// Workspace words per slice after the lists (the int8 pass's heads and counts).
+const PER_SLICE_WORDS: usize = 4 + 2 + 1;
 /// Widest query the kernel holds in shared memory (its `MAX_DIM`).
 const MAX_DIM: usize = 512;
 /// Phase-mark words per block of a traced launch (see [`SimilarityOne::enqueue_traced`]).
@@ -48,9 +51,10 @@ impl SlicePlan {
         }
     }
 
-    /// Workspace words the kernel needs: histogram, ticket, and every slice's sorted list.
+    /// Workspace words the kernel needs: histogram, ticket, every slice's sorted list, and
+    /// per slice the int8 pass's four lower-key heads, two exact keys and eligible count.
     pub(crate) fn workspace_words(&self) -> usize {
-        LISTS_OFFSET + self.blocks * self.slice
+        LISTS_OFFSET + self.blocks * (self.slice + PER_SLICE_WORDS)
     }
 }
 
@@ -112,19 +116,41 @@ impl FusedWorkspace {
 
 /// Where the fused kernel writes.
 pub(crate) struct FusedOutputs<'a> {
-    /// All scores, `[score_row_stride(n_items)]` fp16 (padding untouched).
+    /// All scores, `[score_row_stride(n_items)]` fp16 (padding untouched); written by the
+    /// fp16 pass only.
     pub scores: &'a mut CudaBuffer<u16>,
     pub ids: &'a mut CudaBuffer<u32>,
     pub top_scores: &'a mut CudaBuffer<f32>,
 }
 
-/// Enqueues `similarity_top_k_one`: scores of the fp32 query at device address `query`
-/// (`dim` floats) against `items` (`[n_items, dim]` fp16) and the `k` best eligible items.
-/// The caller checks [`supports`].
+/// Which first pass the batch-1 kernel reads. Both select the same items with the same
+/// scores (the int8 pass rescores its survivors with the fp16 pass's arithmetic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnePass {
+    /// The int8 copy of the items (24 MB at seed scale, L2-resident between queries), then
+    /// the fp16 rows of the items its bounds cannot rule out. No per-item score row.
+    #[default]
+    Int8,
+    /// Every fp16 row (48 MB at seed scale), writing every item's score.
+    Fp16,
+}
+
+/// The int8 item table for [`OnePass::Int8`]: `[n_items, dim]` codes and `[n_items, 4]`
+/// bounds, as [`crate::quantized::quantize_rows`] makes them.
+#[derive(Clone, Copy)]
+pub(crate) struct Int8Items<'a> {
+    pub codes: &'a CudaBuffer<u8>,
+    pub bounds: &'a CudaBuffer<f32>,
+}
+
+/// Enqueues `similarity_top_k_one` (or, with `int8`, `similarity_top_k_one_int8`): scores
+/// of the fp32 query at device address `query` (`dim` floats) against `items`
+/// (`[n_items, dim]` fp16) and the `k` best eligible items. The caller checks [`supports`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_fused(
     cuda: &Cuda,
     items: &CudaBuffer<u16>,
+    int8: Option<Int8Items<'_>>,
     n_items: usize,
     dim: usize,
     query: u64,
@@ -146,6 +172,16 @@ pub(crate) fn enqueue_fused(
             len: items.len(),
         });
     }
+    if let Some(int8) = int8 {
+        for (len, needed) in [
+            (int8.codes.len(), n_items * dim),
+            (int8.bounds.len(), n_items * BOUND_FLOATS),
+        ] {
+            if len < needed {
+                return Err(CudaError::OutOfBounds { end: needed, len });
+            }
+        }
+    }
     let plan = slice.map_or_else(
         || SlicePlan::new(n_items),
         |slice| SlicePlan::with_slice(n_items, slice),
@@ -158,7 +194,9 @@ pub(crate) fn enqueue_fused(
         }
         None => 0,
     };
-    cuda.ensure_len(out.scores, score_row_stride(n_items))?;
+    if int8.is_none() {
+        cuda.ensure_len(out.scores, score_row_stride(n_items))?;
+    }
     cuda.ensure_len(out.ids, k)?;
     cuda.ensure_len(out.top_scores, k)?;
     let (items_ptr, n_items_u, dim_u, slice_u) = (
@@ -170,6 +208,39 @@ pub(crate) fn enqueue_fused(
     let (k_u, scores_ptr, workspace_ptr) =
         (k as u32, out.scores.device_ptr(), workspace.device_ptr());
     let (ids_ptr, top_ptr) = (out.ids.device_ptr(), out.top_scores.device_ptr());
+    if let Some(int8) = int8 {
+        let (codes_ptr, bounds_ptr) = (int8.codes.device_ptr(), int8.bounds.device_ptr());
+        let mut params = [
+            arg(&items_ptr),
+            arg(&codes_ptr),
+            arg(&bounds_ptr),
+            arg(&n_items_u),
+            arg(&query),
+            arg(&dim_u),
+            arg(&slice_u),
+            arg(&seen.users),
+            arg(&seen.offsets),
+            arg(&seen.lens),
+            arg(&seen.items),
+            arg(&k_u),
+            arg(&workspace_ptr),
+            arg(&ids_ptr),
+            arg(&top_ptr),
+            arg(&trace_ptr),
+        ];
+        // SAFETY: parameters match `similarity_top_k_one_int8`; as below, plus the codes
+        // (n_items * dim bytes, rows 16-byte aligned since dim is a multiple of 128) and the
+        // bounds (n_items * 4 floats), both checked above.
+        return unsafe {
+            cuda.launch(
+                &cuda.kernels.similarity_top_k_one_int8,
+                (plan.blocks as u32, 1, 1),
+                (THREADS, 1, 1),
+                0,
+                &mut params,
+            )
+        };
+    }
     let mut params = [
         arg(&items_ptr),
         arg(&n_items_u),
@@ -253,7 +324,28 @@ impl SimilarityOne {
         seen: Option<(&CudaBuffer<u32>, usize)>,
         k: usize,
     ) -> Result<(), CudaError> {
-        self.enqueue_traced(cuda, items, n_items, dim, query, seen, k, None)
+        self.enqueue_traced(cuda, items, None, n_items, dim, query, seen, k, None)
+    }
+
+    /// [`SimilarityOne::enqueue`] from the int8 first pass ([`OnePass::Int8`]): `codes`
+    /// (`[n_items, dim]`) and `bounds` (`[n_items, 4]`) as
+    /// [`crate::quantized::quantize_rows`] makes them from the fp16 values of `items`. The
+    /// same ids and scores; [`SimilarityOne::item_scores`] is not written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue_int8(
+        &mut self,
+        cuda: &Cuda,
+        items: &CudaBuffer<u16>,
+        codes: &CudaBuffer<u8>,
+        bounds: &CudaBuffer<f32>,
+        n_items: usize,
+        dim: usize,
+        query: &CudaBuffer<f32>,
+        seen: Option<(&CudaBuffer<u32>, usize)>,
+        k: usize,
+    ) -> Result<(), CudaError> {
+        let int8 = Some((codes, bounds));
+        self.enqueue_traced(cuda, items, int8, n_items, dim, query, seen, k, None)
     }
 
     /// [`SimilarityOne::enqueue`] that also writes phase marks into `trace` (resized to
@@ -263,13 +355,15 @@ impl SimilarityOne {
     /// list), after its sort and histogram atomics, after its ticket. The last block's words
     /// after those of every block: clock after its fence, after finding the k-th bin, after
     /// gathering, at its end, global timer at its end, 1 when the tie fallback ran, the
-    /// candidate count.
+    /// candidate count. With `int8` (codes, bounds) the int8 first pass runs
+    /// ([`SimilarityOne::enqueue_int8`]).
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue_traced(
         &mut self,
         cuda: &Cuda,
         items: &CudaBuffer<u16>,
+        int8: Option<(&CudaBuffer<u8>, &CudaBuffer<f32>)>,
         n_items: usize,
         dim: usize,
         query: &CudaBuffer<f32>,
@@ -304,6 +398,7 @@ impl SimilarityOne {
         enqueue_fused(
             cuda,
             items,
+            int8.map(|(codes, bounds)| Int8Items { codes, bounds }),
             n_items,
             dim,
             query.device_ptr(),
@@ -354,7 +449,7 @@ mod tests {
             );
             assert_eq!(
                 plan.workspace_words(),
-                LISTS_OFFSET + plan.blocks * plan.slice
+                LISTS_OFFSET + plan.blocks * (plan.slice + PER_SLICE_WORDS)
             );
         }
     }

@@ -10,6 +10,7 @@ use hyperrec_catalog::{ItemEmbeddings, UserTable};
 use hyperrec_stage::UserIndex;
 
 use crate::device::{Cuda, CudaBuffer};
+use crate::quantized::quantize_rows;
 use crate::similarity::score_row_stride;
 use crate::{CudaError, MemoryReport};
 
@@ -51,6 +52,10 @@ pub struct DeviceTables {
     n_users: usize,
     user_capacity: usize,
     items: CudaBuffer<u16>,
+    /// int8 copy of `items` (`[n_items, dim]`) and its per-row bounds (`[n_items, 4]`), for
+    /// the batch-1 kernel's first pass (see [`crate::quantized`]).
+    item_codes: CudaBuffer<u8>,
+    item_bounds: CudaBuffer<f32>,
     users: CudaBuffer<u16>,
     history_items: CudaBuffer<u32>,
     history_ratings: CudaBuffer<f32>,
@@ -157,9 +162,20 @@ impl DeviceTables {
             .iter()
             .map(|&x| f16::from_f32(x).to_bits())
             .collect();
+        // The int8 copy the batch-1 kernel scores first, quantized from the fp16 values
+        // the exact pass multiplies (its bounds are about those).
+        let rounded: Vec<f32> = half_items
+            .iter()
+            .map(|&bits| f16::from_bits(bits).to_f32())
+            .collect();
+        let quantized = quantize_rows(&rounded, dim.max(1));
         half_items.resize(score_row_stride(items.len()) * dim, 0);
         let mut device_items = cuda.alloc::<u16>(half_items.len())?;
         cuda.upload_at(&half_items, &mut device_items, 0)?;
+        let mut item_codes = cuda.alloc::<u8>(quantized.codes.len())?;
+        cuda.upload_at(&quantized.codes, &mut item_codes, 0)?;
+        let mut item_bounds = cuda.alloc::<f32>(quantized.bounds.len())?;
+        cuda.upload_at(&quantized.bounds, &mut item_bounds, 0)?;
         let capacity = config.initial_user_capacity.max(n_users).max(1);
         let h = config.history_len;
         let mut tables = DeviceTables {
@@ -169,6 +185,8 @@ impl DeviceTables {
             n_users: 0,
             user_capacity: capacity,
             items: device_items,
+            item_codes,
+            item_bounds,
             users: cuda.alloc(capacity * dim)?,
             history_items: cuda.alloc(capacity * h)?,
             history_ratings: cuda.alloc(capacity * h)?,
@@ -306,6 +324,11 @@ impl DeviceTables {
         &self.items
     }
 
+    /// The int8 item codes and their per-row bounds (see [`crate::quantized`]).
+    pub fn item_codes(&self) -> (&CudaBuffer<u8>, &CudaBuffer<f32>) {
+        (&self.item_codes, &self.item_bounds)
+    }
+
     pub fn users(&self) -> &CudaBuffer<u16> {
         &self.users
     }
@@ -325,7 +348,9 @@ impl DeviceTables {
     /// Device bytes held, by component.
     pub fn memory_report(&self) -> MemoryReport {
         MemoryReport {
-            items: self.items.allocated_bytes(),
+            items: self.items.allocated_bytes()
+                + self.item_codes.allocated_bytes()
+                + self.item_bounds.allocated_bytes(),
             users: self.users.allocated_bytes(),
             histories: self.history_items.allocated_bytes()
                 + self.history_ratings.allocated_bytes()

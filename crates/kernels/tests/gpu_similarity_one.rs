@@ -1,6 +1,7 @@
 //! The fused batch-1 similarity kernel (`similarity_top_k_one`: scores of one query and the
 //! exact top-k in one launch) against a CPU selection on its own fp16 scores, against the
-//! two-kernel path's exact radix select, inside the stage and inside graph replays. Fresh
+//! two-kernel path's exact radix select, inside the stage and inside graph replays; its int8
+//! first pass against its fp16 pass (same ids, same scores). Fresh
 //! random inputs every run; each test skips with a visible notice where there is no GPU.
 
 #![cfg(feature = "cuda")]
@@ -19,8 +20,9 @@ use common::{
     random_users, seed,
 };
 use hyperrec_catalog::ItemEmbeddings;
+use hyperrec_kernels::quantized::quantize_rows;
 use hyperrec_kernels::{
-    Cuda, CudaBuffer, CudaFusion, CudaSimilarity, SimilarityOne, SimilarityParams, TopK,
+    Cuda, CudaBuffer, CudaFusion, CudaSimilarity, OnePass, SimilarityOne, SimilarityParams, TopK,
     TopKStrategy,
 };
 use hyperrec_stage::{Batch, Device, Stage};
@@ -171,6 +173,7 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
             .map(|&x| f16::from_f32(x).to_bits())
             .collect();
         let items = upload(&cuda, &half);
+        let (codes, bounds) = int8_table(&cuda, &half, dim);
         let query_host: Vec<f32> = if table.crafted {
             (0..dim).map(|d| if d == 0 { 1.0 } else { 0.0 }).collect()
         } else {
@@ -251,6 +254,26 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
                 assert_eq!(ids[i], want_ids[i], "{context}: id at rank {i}");
                 assert_eq!(scores[i], want_scores[i], "{context}: score at rank {i}");
             }
+            // The int8 first pass selects the same items with the same scores.
+            fused
+                .enqueue_int8(
+                    &cuda,
+                    &items,
+                    &codes,
+                    &bounds,
+                    n_items,
+                    dim,
+                    &query,
+                    (seen_len > 0).then_some((&seen, seen_len)),
+                    k,
+                )
+                .expect("enqueue int8");
+            assert_eq!(download(&cuda, fused.ids()), ids, "{context}: int8 ids");
+            assert_eq!(
+                download(&cuda, fused.scores()),
+                scores,
+                "{context}: int8 scores"
+            );
             if seen_len == 0 {
                 radix
                     .enqueue_with(
@@ -269,6 +292,102 @@ fn fused_selection_equals_the_exact_selection_on_its_fp16_scores() {
                     "{context}: radix scores"
                 );
             }
+        }
+    }
+}
+
+/// The int8 copy of fp16 rows (`half` bits, `[n, dim]`) the int8 first pass reads.
+fn int8_table(cuda: &Cuda, half: &[u16], dim: usize) -> (CudaBuffer<u8>, CudaBuffer<f32>) {
+    let values: Vec<f32> = half.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+    let quantized = quantize_rows(&values, dim);
+    (
+        upload(cuda, &quantized.codes),
+        upload(cuda, &quantized.bounds),
+    )
+}
+
+/// Queries the int8 pass cannot bound (NaN or infinite values, all zeros) and rows it cannot
+/// (NaN, infinite, the largest fp16 values) go through its exact slow path; its selection
+/// still equals the fp16 pass's, launch after launch on one workspace.
+#[test]
+fn int8_first_pass_equals_the_fp16_pass_on_degenerate_inputs() {
+    let Some(cuda) = cuda_or_skip("int8_first_pass_equals_the_fp16_pass_on_degenerate_inputs")
+    else {
+        return;
+    };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut fused = SimilarityOne::new(&cuda).expect("fused");
+    for case in 0..8 {
+        let n_items = rng.random_range(500..20_000);
+        let mut rows = random_rows(&mut rng, n_items, DIM);
+        match case {
+            // A few rows with NaN, with +-inf, and with the largest fp16 magnitudes.
+            1 | 2 => {
+                for _ in 0..5 {
+                    let j = rng.random_range(0..n_items);
+                    rows[j * DIM + rng.random_range(0..DIM)] = match rng.random_range(0..3) {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        _ => f32::NEG_INFINITY,
+                    };
+                }
+            }
+            3 => {
+                for j in 0..n_items / 50 {
+                    for x in &mut rows[j * DIM..(j + 1) * DIM] {
+                        *x = (*x * 1e6).clamp(-65504.0, 65504.0);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let half: Vec<u16> = rows.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+        let items = upload(&cuda, &half);
+        let (codes, bounds) = int8_table(&cuda, &half, DIM);
+        let mut query_host = random_queries(&mut rng, 1, DIM);
+        match case {
+            4 => query_host.iter_mut().for_each(|x| *x = 0.0),
+            5 => query_host[rng.random_range(0..DIM)] = f32::NAN,
+            6 => query_host[rng.random_range(0..DIM)] = f32::INFINITY,
+            7 => query_host.iter_mut().for_each(|x| *x *= 1e30),
+            _ => {}
+        }
+        let query = upload(&cuda, &query_host);
+        for launch in 0..3 {
+            let k = [1, 100, rng.random_range(1..=1024)][launch];
+            let seen_len = rng.random_range(0..200);
+            let seen_host = seen_list(&mut rng, n_items, seen_len);
+            let seen = upload(&cuda, &seen_host);
+            let seen_arg = (!seen_host.is_empty()).then_some((&seen, seen_host.len()));
+            let context =
+                format!("seed {seed}, case {case}, launch {launch}, n_items {n_items}, k {k}");
+            fused
+                .enqueue(&cuda, &items, n_items, DIM, &query, seen_arg, k)
+                .expect("fp16");
+            let (ids, scores) = (
+                download(&cuda, fused.ids()),
+                download(&cuda, fused.scores()),
+            );
+            let (want_ids, want_scores) = cpu_top_k(
+                &download(&cuda, fused.item_scores()),
+                n_items,
+                &seen_host,
+                k,
+            );
+            assert_eq!(ids, want_ids, "{context}: fp16 ids");
+            assert_eq!(scores, want_scores, "{context}: fp16 scores");
+            fused
+                .enqueue_int8(
+                    &cuda, &items, &codes, &bounds, n_items, DIM, &query, seen_arg, k,
+                )
+                .expect("int8");
+            assert_eq!(download(&cuda, fused.ids()), ids, "{context}: int8 ids");
+            assert_eq!(
+                download(&cuda, fused.scores()),
+                scores,
+                "{context}: int8 scores"
+            );
         }
     }
 }
@@ -335,6 +454,19 @@ fn batch_one_stage_equals_the_two_kernel_path_with_heavy_seen_sets() {
         for id in &fused_ids {
             assert!(!excluded.contains(id), "{context}: seen item {id} selected");
         }
+        similarity.set_one_pass(OnePass::Fp16);
+        similarity.run(&cuda, &mut batch).expect("similarity");
+        assert_eq!(
+            download(&cuda, &batch.candidate_ids),
+            fused_ids,
+            "{context}: fp16 first pass ids"
+        );
+        assert_eq!(
+            download(&cuda, &batch.candidate_scores),
+            fused_scores,
+            "{context}: fp16 first pass scores"
+        );
+        similarity.set_one_pass(OnePass::Int8);
         for strategy in [TopKStrategy::ExactRadix, TopKStrategy::SampledThreshold] {
             similarity.set_top_k_strategy(strategy);
             similarity.run(&cuda, &mut batch).expect("similarity");

@@ -20,8 +20,9 @@ use hyperrec_catalog::SharedUsers;
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
 use hyperrec_kernels::{
     Cuda, CudaCache, CudaCacheConfig, CudaFusion, CudaMark, CudaRerank, CudaSimilarity,
-    DeviceTables, GpuPath, RerankKernel, ScoreGemm, SharedTables, SimilarityOne, SimilarityParams,
-    TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with, score_row_stride,
+    DeviceTables, GpuPath, OnePass, RerankKernel, ScoreGemm, SharedTables, SimilarityOne,
+    SimilarityParams, TablesConfig, TopK, TopKStrategy, score_all_items, score_all_items_with,
+    score_row_stride,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
 use hyperrec_stage::{Batch, Context, Device, Request, Social, Stage, TimeOfDay, UserId};
@@ -231,10 +232,12 @@ fn wall_time(
 /// slice sort with its histogram atomics, and the fence with the ticket, in SM cycles; the
 /// spread of the blocks' tickets and the whole kernel on the global timer (ns); the last
 /// block's phases in cycles.
+#[allow(clippy::too_many_arguments)]
 fn fused_phases(
     cuda: &Cuda,
     fused: &mut SimilarityOne,
     tables: &DeviceTables,
+    pass: OnePass,
     queries: &hyperrec_kernels::CudaBuffer<f32>,
     seen: &hyperrec_kernels::CudaBuffer<u32>,
     reps: usize,
@@ -271,6 +274,7 @@ fn fused_phases(
         fused.enqueue_traced(
             cuda,
             tables.items(),
+            (pass == OnePass::Int8).then(|| tables.item_codes()),
             N_ITEMS,
             DIM,
             queries,
@@ -314,7 +318,11 @@ fn fused_phases(
         }
     }
     for ((name, unit), values) in NAMES.iter().zip(per_metric) {
-        results.push((format!("fused trace: {name}"), median(values), unit));
+        results.push((
+            format!("fused trace ({pass:?}): {name}"),
+            median(values),
+            unit,
+        ));
     }
     Ok(())
 }
@@ -467,33 +475,50 @@ fn main() -> anyhow::Result<()> {
             let mut device_seen = cuda.zeros::<u32>(seen.len())?;
             cuda.upload(&seen, &mut device_seen)?;
             let mut fused = SimilarityOne::new(&cuda)?;
-            for (label, seen) in [("", None), (", 50 seen excluded", Some((&device_seen, 50)))] {
-                let us = device_time(&cuda, args.reps, || {
-                    Ok(fused.enqueue(
-                        &cuda,
-                        guard.items(),
-                        N_ITEMS,
-                        DIM,
-                        &device_queries,
-                        seen,
-                        100,
-                    )?)
-                })?;
-                results.push((
-                    format!("similarity + top-100, batch 1 (fused){label}"),
-                    us,
-                    "us",
-                ));
+            for pass in [OnePass::Fp16, OnePass::Int8] {
+                let int8 = (pass == OnePass::Int8).then(|| guard.item_codes());
+                for (label, seen) in [("", None), (", 50 seen excluded", Some((&device_seen, 50)))]
+                {
+                    let us = device_time(&cuda, args.reps, || {
+                        Ok(fused.enqueue_traced(
+                            &cuda,
+                            guard.items(),
+                            int8,
+                            N_ITEMS,
+                            DIM,
+                            &device_queries,
+                            seen,
+                            100,
+                            None,
+                        )?)
+                    })?;
+                    results.push((
+                        format!(
+                            "similarity + top-100, batch 1 (fused, {pass:?} first pass){label}"
+                        ),
+                        us,
+                        "us",
+                    ));
+                }
+                // Both passes select the same items (the tests check this on fresh data;
+                // here a visible cross-check on the bench's own).
+                let mut ids = Vec::new();
+                cuda.download(fused.ids(), &mut ids)?;
+                println!(
+                    "fused {pass:?} first pass, 50 seen: first ids {:?}",
+                    &ids[..5]
+                );
+                fused_phases(
+                    &cuda,
+                    &mut fused,
+                    &guard,
+                    pass,
+                    &device_queries,
+                    &device_seen,
+                    args.reps,
+                    &mut results,
+                )?;
             }
-            fused_phases(
-                &cuda,
-                &mut fused,
-                &guard,
-                &device_queries,
-                &device_seen,
-                args.reps,
-                &mut results,
-            )?;
             // Other slice sizes (blocks = 62,423 / slice) of the same kernel.
             for slice in [64usize, 96, 128, 192, 256] {
                 fused.set_slice(Some(slice));
@@ -668,6 +693,22 @@ fn main() -> anyhow::Result<()> {
             "us",
         ));
         if n == 1 {
+            // The fused kernel's fp16 first pass (every row from device memory), which the
+            // int8 first pass replaced as the default.
+            path.similarity.set_one_pass(OnePass::Fp16);
+            let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            let events = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            path.similarity.set_one_pass(OnePass::Int8);
+            results.push((
+                "path (graph), batch 1, wall per batch (fp16 first pass)".into(),
+                us,
+                "us",
+            ));
+            results.push((
+                "path (graph), batch 1, events (fp16 first pass)".into(),
+                events,
+                "us",
+            ));
             // The two-kernel similarity (GEMV + threshold filter) the fused kernel replaced.
             path.similarity
                 .set_top_k_strategy(TopKStrategy::SampledThreshold);
