@@ -64,7 +64,17 @@ fn file_stem(path: &Path) -> anyhow::Result<&str> {
 
 fn compile(nvcc: &Path, source: &Path, target: &Path) -> anyhow::Result<()> {
     let text = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
-    let hash = hex::encode(Sha256::digest(&text));
+    // The hash covers the local headers too; the ptx_fresh test recomputes it with
+    // `hyperrec_kernels::ptx::local_includes`, so the two parsers cannot drift apart
+    // unnoticed (xtask does not link the kernels crate).
+    let mut hasher = Sha256::new();
+    hasher.update(&text);
+    let dir = source.parent().unwrap_or(Path::new("."));
+    for header in local_includes(&String::from_utf8_lossy(&text)) {
+        let path = dir.join(header);
+        hasher.update(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    let hash = hex::encode(hasher.finalize());
     let scratch = target.with_extension("ptx.tmp");
     let status = Command::new(nvcc)
         .args(NVCC_FLAGS)
@@ -118,4 +128,13 @@ fn find_nvcc() -> anyhow::Result<PathBuf> {
          nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 \
          (or pass --nvcc PATH)"
     )
+}
+
+/// The `#include "header"` names of a CUDA source, in order (see `compile`).
+fn local_includes(source: &str) -> Vec<&str> {
+    source
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("#include"))
+        .filter_map(|rest| rest.trim().strip_prefix('"')?.strip_suffix('"'))
+        .collect()
 }

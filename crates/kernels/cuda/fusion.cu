@@ -1,8 +1,9 @@
 // Fusion of query and user embeddings, and fp32 -> fp16 conversion of query vectors.
 //
-// Self-contained on purpose: `cargo xtask ptx` hashes each .cu file alone, so a shared
-// header would escape the freshness check.
+// The per-query warp body lives in fuse_warp.cuh (shared with similarity_one.cu; the PTX
+// freshness hash covers it).
 #include <cuda_fp16.h>
+#include "fuse_warp.cuh"
 
 // Sum of `value` over the block (blockDim.x a multiple of 32, at most 1024).
 __device__ float block_sum(float value, float* scratch) {
@@ -17,9 +18,6 @@ __device__ float block_sum(float value, float* scratch) {
     for (int w = 0; w < warps; ++w) total += scratch[w];
     return total;
 }
-
-// Below this norm a vector is treated as vanishing (the CPU fusion stage's MIN_NORM).
-#define MIN_NORM 1e-6f
 
 // One block per query. fused[q] = normalize(alpha * query[q] + (1 - alpha) * normalize(sum
 // of the members' user rows)); a query with no members (or whose members' rows sum to zero)
@@ -70,84 +68,20 @@ extern "C" __global__ void fuse_queries(const float* __restrict__ queries,
 
 #define WARP_MAX_CHUNKS 8  // dim / 128 for fuse_queries_warp (dim <= 1024)
 
-// fuse_queries with one warp per query (same formula, same cold-start rule), for `dim` a
-// multiple of 128 up to 1024: lane l owns coordinates c * 128 + 4l .. 4l + 3 of each
-// 128-wide chunk c, so the query, every member row and the outputs move in coalesced 16- and
-// 8-byte pieces (all of a member row's loads in flight at once) and both norms are warp
-// shuffles: no block barriers. A batch of 1000 queries is 1000 warps, one wave on an H100,
-// where the block kernel needed 1.5 waves of 384-thread blocks.
+// fuse_queries with one warp per query (same formula, same cold-start rule; the body is
+// fuse_one_warp), for `dim` a multiple of 128 up to 1024. A batch of 1000 queries is 1000
+// warps, one wave on an H100, where the block kernel needed 1.5 waves of 384-thread blocks.
 extern "C" __global__ void __launch_bounds__(256)
 fuse_queries_warp(const float* __restrict__ queries, const __half* __restrict__ users,
                   const unsigned* __restrict__ member_offsets, const unsigned* __restrict__ members,
                   float alpha, unsigned dim, unsigned n, float* __restrict__ fused,
                   __half* __restrict__ fused_half) {
-    const unsigned q = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    const unsigned q = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (q >= n) return;
-    const unsigned chunks = dim >> 7;
-    const unsigned begin = member_offsets[q], end = member_offsets[q + 1];
-    const float* query = queries + (size_t)q * dim;
-    float4 qv[WARP_MAX_CHUNKS], u[WARP_MAX_CHUNKS];
-#pragma unroll
-    for (unsigned c = 0; c < WARP_MAX_CHUNKS; ++c) {
-        u[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        qv[c] = u[c];
-        if (c < chunks) qv[c] = *reinterpret_cast<const float4*>(query + c * 128 + lane * 4);
-    }
-    for (unsigned m = begin; m < end; ++m) {
-        const __half* row = users + (size_t)members[m] * dim;
-#pragma unroll
-        for (unsigned c = 0; c < WARP_MAX_CHUNKS; ++c) {
-            if (c < chunks) {
-                const uint2 raw = *reinterpret_cast<const uint2*>(row + c * 128 + lane * 4);
-                const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-                const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-                u[c].x += a.x; u[c].y += a.y; u[c].z += b.x; u[c].w += b.y;
-            }
-        }
-    }
-    float user_sq = 0.0f;
-#pragma unroll
-    for (unsigned c = 0; c < WARP_MAX_CHUNKS; ++c)
-        user_sq += u[c].x * u[c].x + u[c].y * u[c].y + u[c].z * u[c].z + u[c].w * u[c].w;
-    for (int offset = 16; offset > 0; offset >>= 1)
-        user_sq += __shfl_xor_sync(0xffffffffu, user_sq, offset);
-    const float user_norm = sqrtf(user_sq);
-    const bool has_user = end > begin && user_norm > MIN_NORM;
-    const float query_weight = has_user ? alpha : 1.0f;
-    const float user_weight = has_user ? (1.0f - alpha) / user_norm : 0.0f;
-
-    float mixed_sq = 0.0f;
-#pragma unroll
-    for (unsigned c = 0; c < WARP_MAX_CHUNKS; ++c) {
-        u[c].x = query_weight * qv[c].x + user_weight * u[c].x;
-        u[c].y = query_weight * qv[c].y + user_weight * u[c].y;
-        u[c].z = query_weight * qv[c].z + user_weight * u[c].z;
-        u[c].w = query_weight * qv[c].w + user_weight * u[c].w;
-        mixed_sq += u[c].x * u[c].x + u[c].y * u[c].y + u[c].z * u[c].z + u[c].w * u[c].w;
-    }
-    for (int offset = 16; offset > 0; offset >>= 1)
-        mixed_sq += __shfl_xor_sync(0xffffffffu, mixed_sq, offset);
-    // A vanishing blend (alpha = 0.5, u = -q) falls back to the query, as a cold start does.
-    const float norm = sqrtf(mixed_sq);
-    const bool blend = has_user && norm > MIN_NORM;
-    const float scale = blend ? 1.0f / norm : 0.0f;
-#pragma unroll
-    for (unsigned c = 0; c < WARP_MAX_CHUNKS; ++c) {
-        if (c < chunks) {
-            const float4 v = blend ? make_float4(u[c].x * scale, u[c].y * scale, u[c].z * scale,
-                                                 u[c].w * scale)
-                                   : qv[c];
-            const size_t at = (size_t)q * dim + c * 128 + lane * 4;
-            *reinterpret_cast<float4*>(fused + at) = v;
-            if (fused_half) {
-                __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
-                uint2 raw;
-                raw.x = *reinterpret_cast<unsigned*>(&lo);
-                raw.y = *reinterpret_cast<unsigned*>(&hi);
-                *reinterpret_cast<uint2*>(fused_half + at) = raw;
-            }
-        }
-    }
+    const size_t at = (size_t)q * dim;
+    fuse_one_warp<WARP_MAX_CHUNKS>(queries + at, users, member_offsets[q], member_offsets[q + 1],
+                                   members, alpha, dim, fused + at, nullptr,
+                                   fused_half ? fused_half + at : nullptr);
 }
 
 // Coordinate d of pseudo-random row `row` in [-1, 1): splitmix64 of (seed, row, d).

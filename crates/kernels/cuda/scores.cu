@@ -1,6 +1,7 @@
 // Inner products of a few query vectors with every item row, for batches too small to
 // fill a GEMM (and as the similarity path when cuBLAS is missing).
 #include <cuda_fp16.h>
+#include "exact_dot.cuh"
 
 #define MAX_QUERIES 8
 #define MAX_CHUNKS 8  // dim / 128
@@ -104,8 +105,8 @@ item_scores_one(const __half* __restrict__ items, unsigned n_items,
 #pragma unroll
             for (unsigned e = 0; e < 4; ++e) {
                 const float2 fa = __half22float2(ha[e]), fb = __half22float2(hb[e]);
-                sa += qv[c][2 * e] * fa.x + qv[c][2 * e + 1] * fa.y;
-                sb += qv[c][2 * e] * fb.x + qv[c][2 * e + 1] * fb.y;
+                sa = accumulate_pair(sa, qv[c][2 * e], fa.x, qv[c][2 * e + 1], fa.y);
+                sb = accumulate_pair(sb, qv[c][2 * e], fb.x, qv[c][2 * e + 1], fb.y);
             }
         }
         // Sum over the 16 lanes of each half (xor offsets below 16 stay within the half).

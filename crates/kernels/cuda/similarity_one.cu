@@ -24,6 +24,8 @@
 // scores), the last block resolves the bin's low 4 key bits and takes the ties in index
 // order instead (the slices' lists are sorted by key, then index).
 #include <cuda_fp16.h>
+#include "exact_dot.cuh"
+#include "fuse_warp.cuh"
 
 #define NO_USER 0xffffffffu
 #define NO_ITEM 0xffffffffu
@@ -198,7 +200,8 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 // only the items those bounds cannot rule out, with the fp16 pass's own arithmetic:
 //   codes:  x~[j] in [-127, 127]^dim, scale s[j] = max |h[j]| / 127 of the fp16 row h[j];
 //   bounds: per row (s, r, n, 0) with r >= ||h - s x~||, n >= ||s x~|| (host, in f64);
-//   query:  q~ = rint(q / sq) in int16, sq = max |q| / 32767, dq = q - sq q~ (per block);
+//   query:  q~ = rint(q / sq) in int16, sq = max |q| / 32767, dq = q - sq q~ (per block;
+//           ||dq|| <= 0.51 sq sqrt(dim), as every |dq_d| is at most half a step);
 //   approx: a = sq s (q~ . x~) (int32 dot products, dp2a);
 //   then |q.h - a| <= ||q|| r + ||dq|| n (Cauchy-Schwarz on the two residuals) plus the
 //   floating-point slack of both computations (see bound_of). With e the exact pass's fp32
@@ -217,6 +220,7 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 #define QUERY_LEVELS 32767.0f  // int16 query codes
 #define CODE_LEVELS 127.0f     // int8 item codes
 #define UNKNOWN_KEY 0xffffu    // above every real key (+inf keys as 0xfc00)
+#define DQ_STEPS 0.51f         // |q_d - sq q~_d| <= DQ_STEPS * sq (half a step and slack)
 #define PREFETCH_HEAD 4        // rows of each slice's best upper keys prefetched into L2
 #define EXACT_HEAD 2           // rows of each slice's best upper keys the block rescores
 #define WS_UNKNOWN (BINS + 1)  // workspace word: blocks that hold unknown rows
@@ -224,9 +228,8 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 
 // Bound on |exact - a| for a row with bounds (s, r, n) and the query's norms. Slack: the
 // exact pass sums <= dim / 16 + 4 fp32 terms per lane and tree (relative error < 2.3e-6 of
-// sum |q h| <= ||q|| (n + r)), the query residual's own rounding (< 2u ||q|| n), `a`'s three
-// roundings (< 3.1e-7 |a|), and the norms' and this expression's roundings (relative < 5e-5,
-// covered by the final factor).
+// sum |q h| <= ||q|| (n + r)), `a`'s three roundings (< 3.1e-7 |a|), and the norms' and this
+// expression's roundings (relative < 5e-5, covered by the final factor).
 __device__ __forceinline__ float bound_of(float a, float4 row, float q_norm, float dq_norm) {
     return (q_norm * (row.y + 1e-5f * (row.z + row.y)) + dq_norm * row.z + 4e-7f * fabsf(a)) *
            1.0001f;
@@ -312,8 +315,8 @@ __device__ __forceinline__ void exact_rows(const __half* __restrict__ items, uns
 #pragma unroll
             for (unsigned e = 0; e < 4; ++e) {
                 const float2 fa = __half22float2(ha[e]), fb = __half22float2(hb[e]);
-                sa += qv[2 * e] * fa.x + qv[2 * e + 1] * fa.y;
-                sb += qv[2 * e] * fb.x + qv[2 * e + 1] * fb.y;
+                sa = accumulate_pair(sa, qv[2 * e], fa.x, qv[2 * e + 1], fa.y);
+                sb = accumulate_pair(sb, qv[2 * e], fb.x, qv[2 * e + 1], fb.y);
             }
         }
     }
@@ -432,8 +435,22 @@ __device__ void exact_slow_path(unsigned long long* cand, const unsigned* __rest
 //               and the INT8 per-slice words after them are scratch)
 //   trace:      null, or (grid + 1) * 8 words of phase marks (see gpu-bench --trace-fused)
 // INT8: the int8 first pass above instead of the fp16 pass; `scores` is not written.
+//   fold:       with fold.users non-null, the query is fused here (fuse_one_warp, by the
+//               seen warp before the query barrier) from fold.query, the members' user rows
+//               and fold.alpha, and block 0 writes it to fold.fused; `query` is unused
 //   codes:      [n_items, dim] int8 item codes (16-byte aligned rows), INT8 only
 //   bounds:     [n_items] (scale, residual norm, code norm, 0) per row, INT8 only
+// The fusion stage folded into the batch-1 kernel (GpuPath, one query without the cache):
+// the query embedding, the user table, the fusion records ([offsets; 2][members]), alpha, and
+// where the fused query goes for the rerank.
+struct Fold {
+    const float* query;
+    const __half* users;
+    const unsigned* records;
+    float alpha;
+    float* fused;
+};
+
 template <bool INT8>
 __device__ __forceinline__ void
 similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__ codes,
@@ -445,7 +462,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
                       const unsigned* __restrict__ seen_items, unsigned k,
                       __half* __restrict__ scores, unsigned* __restrict__ workspace,
                       unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
-                      unsigned* __restrict__ trace) {
+                      const Fold fold, unsigned* __restrict__ trace) {
     __shared__ __align__(16) float query_s[MAX_DIM];
     __shared__ __align__(16) unsigned entries[MAX_SLICE];  // this slice's entries, by item
     // This slice sorted (other blocks), or the last block's candidates.
@@ -458,6 +475,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
     __shared__ __align__(16) unsigned query_codes[INT8 ? MAX_DIM / 2 : 1];
     __shared__ float red[INT8 ? 96 : 1];
     __shared__ unsigned warp_tops[INT8 ? (MAX_SLICE / 32) * 4 : 1];
+    __shared__ unsigned warp_upper_tops[INT8 ? (MAX_SLICE / 32) * EXACT_HEAD : 1];
     unsigned* sorted = reinterpret_cast<unsigned*>(cand);
     unsigned* hist = workspace;
     unsigned* lists = workspace + WS_LISTS;
@@ -510,12 +528,21 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         }
         if (part == 0 && row < count) bnd = bounds[begin + row];
     };
+    // (The fold comes first in program order so its registers are free before the scoring
+    // warps' loads are live; the seen warp runs it while the others issue their loads.)
+    if (fold.users != nullptr) {
+        if (warp == GEMV_WARPS)
+            fuse_one_warp<MAX_CHUNKS>(fold.query, fold.users, fold.records[0], fold.records[1],
+                                      fold.records + 2, fold.alpha, dim, query_s,
+                                      blockIdx.x == 0 ? fold.fused : nullptr, nullptr);
+    } else {
+        for (unsigned i = t; i < dim; i += ONE_THREADS) query_s[i] = query[i];
+    }
     if constexpr (INT8) {
         if (warp < GEMV_WARPS) load_codes(warp * 4, ca, ba);
     } else {
         if (warp < GEMV_WARPS) load_rows(warp * 4);
     }
-    for (unsigned i = t; i < dim; i += ONE_THREADS) query_s[i] = query[i];
     if (t < MAX_SLICE / 32) seen_bits[t] = 0;
     // Entries past the slice stay 0, which never ranks above a real entry.
     for (unsigned i = t; i < MAX_SLICE; i += ONE_THREADS) entries[i] = 0;
@@ -537,20 +564,18 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         q_norm = sqrtf(sum);
         q_scale = amax / QUERY_LEVELS;
         const float inverse = amax > 0.0f ? QUERY_LEVELS / amax : 0.0f;
-        float residual = 0.0f;
         if (t < (dim >> 1)) {
             const float2 v = *reinterpret_cast<const float2*>(query_s + 2 * t);
             const float c0 = fminf(fmaxf(rintf(v.x * inverse), -QUERY_LEVELS), QUERY_LEVELS);
             const float c1 = fminf(fmaxf(rintf(v.y * inverse), -QUERY_LEVELS), QUERY_LEVELS);
-            const float d0 = v.x - q_scale * c0, d1 = v.y - q_scale * c1;
-            residual = d0 * d0 + d1 * d1;
             query_codes[t] = ((unsigned)(int)c0 & 0xffffu) | ((unsigned)(int)c1 << 16);
         }
-        float unused_max = 0.0f;
-        unsigned unused_any = 0u;
-        block_reduce(&residual, &unused_max, &unused_any, red);  // also publishes query_codes
-        dq_norm = sqrtf(residual);
+        // Rounding to the nearest code leaves |q_d - sq q~_d| <= sq / 2 (plus a few ulps of
+        // the scale's own rounding): a bound on ||dq|| without a second reduction. Its term
+        // in the bound is ~1e-3 of the item residual's.
+        dq_norm = DQ_STEPS * q_scale * sqrtf((float)dim);
         if (bad) q_norm = INFINITY;  // every bound becomes unknown
+        __syncthreads();  // publishes query_codes
     }
     if (mark && t == 0) mark[3] = clock_mark();
 
@@ -615,8 +640,8 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
 #pragma unroll
                     for (unsigned e = 0; e < 4; ++e) {
                         const float2 fa = __half22float2(ha[e]), fb = __half22float2(hb[e]);
-                        sa += qv[2 * e] * fa.x + qv[2 * e + 1] * fa.y;
-                        sb += qv[2 * e] * fb.x + qv[2 * e + 1] * fb.y;
+                        sa = accumulate_pair(sa, qv[2 * e], fa.x, qv[2 * e + 1], fa.y);
+                        sb = accumulate_pair(sb, qv[2 * e], fb.x, qv[2 * e + 1], fb.y);
                     }
                 }
             }
@@ -687,6 +712,15 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
                 if (lower_top == best) lower_top = 0;
                 if (lane == 0) warp_tops[warp * 4 + r] = best;
             }
+            // And its EXACT_HEAD best entries (upper keys), which the seen warp rescores while
+            // the others sort.
+            unsigned upper_top = t < count ? mine : 0u;
+#pragma unroll
+            for (unsigned r = 0; r < EXACT_HEAD; ++r) {
+                const unsigned best = __reduce_max_sync(0xffffffffu, upper_top);
+                if (upper_top == best) upper_top = 0;
+                if (lane == 0) warp_upper_tops[warp * EXACT_HEAD + r] = best;
+            }
         }
         const unsigned n_eligible = __syncthreads_count(lower != 0u);
         if (t == 0) {
@@ -695,6 +729,26 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         }
     } else {
         __syncthreads();
+    }
+    if (INT8 && warp == GEMV_WARPS) {
+        // The seen warp rescores this slice's EXACT_HEAD best-U rows (half a warp each), the
+        // likeliest candidates, so the last block rarely has to; the fp16 rows' latency
+        // overlaps the others' sort (they meet again at the barrier before the ticket).
+        unsigned v = lane < (MAX_SLICE / 32) * EXACT_HEAD ? warp_upper_tops[lane] : 0u;
+        unsigned e = 0;
+#pragma unroll
+        for (unsigned r = 0; r < EXACT_HEAD; ++r) {
+            const unsigned best = __reduce_max_sync(0xffffffffu, v);
+            if (v == best) v = 0;
+            if (side == r) e = best;
+        }
+        const bool valid = (e >> 16) != 0u;
+        const unsigned index = valid ? entry_index(e, begin) : 0u;
+        float sa, unused;
+        exact_rows(items, dim, query_s, index, valid, 0u, false, &sa, &unused);
+        if (sub == 0)
+            exact_heads[blockIdx.x * EXACT_HEAD + side] =
+                valid ? order_key(__half_as_ushort(__float2half_rn(sa))) : 0u;
     }
     if (t < count) {
         unsigned rank = 0;
@@ -706,20 +760,14 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         }
         sorted[rank] = mine;
     }
-    __syncthreads();
     if constexpr (INT8) {
-        if (warp == GEMV_WARPS) {
-            // The seen warp rescores this slice's EXACT_HEAD best-U rows (half a warp each),
-            // the likeliest candidates, so the last block rarely has to.
-            const unsigned e = side < count ? sorted[side] : 0u;
-            const bool valid = (e >> 16) != 0u;
-            const unsigned index = valid ? entry_index(e, begin) : 0u;
-            float sa, unused;
-            exact_rows(items, dim, query_s, index, valid, 0u, false, &sa, &unused);
-            if (sub == 0)
-                exact_heads[blockIdx.x * EXACT_HEAD + side] =
-                    valid ? order_key(__half_as_ushort(__float2half_rn(sa))) : 0u;
-        } else if (warp == 0) {
+        // The sorting warps only (the seen warp is rescoring).
+        if (warp < GEMV_WARPS) asm volatile("bar.sync 1, %0;" ::"r"(GEMV_WARPS * 32) : "memory");
+    } else {
+        __syncthreads();
+    }
+    if constexpr (INT8) {
+        if (warp == 0) {
             // The slice's four best lower keys from the warps' fours.
             unsigned v = lane < ((count + 31) / 32) * 4 ? warp_tops[lane] : 0u;
 #pragma unroll
@@ -734,7 +782,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         // The next rows the last block may rescore start on their way into L2.
         const unsigned lines = dim >> 6;  // 128-byte lines per fp16 row
         const unsigned p = EXACT_HEAD + t / lines;
-        if (t < (PREFETCH_HEAD - EXACT_HEAD) * lines && p < count) {
+        if (warp < GEMV_WARPS && t < (PREFETCH_HEAD - EXACT_HEAD) * lines && p < count) {
             const unsigned e = sorted[p];
             if ((e >> 16) != 0u) {
                 const char* line = reinterpret_cast<const char*>(
@@ -1010,6 +1058,10 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         }
         rescore(cand, UNSCORED_AT, UNSCORED_AT + unscored, items, dim, query_s, &misc[14]);
         __syncthreads();
+        if (last_mark && t == 0) {
+            last_mark[5] = unscored;
+            last_mark[7] = clock_mark();
+        }
         if (misc[14] != 0) {  // a NaN score the bounds did not foresee: start over exactly
             exact_slow_path(cand, lists, n_items, slice, n_slices, 0u, k, items, dim, query_s,
                             scratch, misc, out_ids, out_scores);
@@ -1183,10 +1235,10 @@ similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
                      const unsigned* __restrict__ seen_items, unsigned k,
                      __half* __restrict__ scores, unsigned* __restrict__ workspace,
                      unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
-                     unsigned* __restrict__ trace) {
+                     const Fold fold, unsigned* __restrict__ trace) {
     similarity_top_k_body<false>(items, nullptr, nullptr, n_items, query, dim, slice,
                                  exclude_user, seen_offsets, seen_lens, seen_items, k, scores,
-                                 workspace, out_ids, out_scores, trace);
+                                 workspace, out_ids, out_scores, fold, trace);
 }
 
 // The same selection from the int8 first pass: `items` (fp16) only for the rescoring, no
@@ -1200,8 +1252,9 @@ similarity_top_k_one_int8(const __half* __restrict__ items, const int4* __restri
                           const unsigned* __restrict__ seen_lens,
                           const unsigned* __restrict__ seen_items, unsigned k,
                           unsigned* __restrict__ workspace, unsigned* __restrict__ out_ids,
-                          float* __restrict__ out_scores, unsigned* __restrict__ trace) {
+                          float* __restrict__ out_scores, const Fold fold,
+                          unsigned* __restrict__ trace) {
     similarity_top_k_body<true>(items, codes, bounds, n_items, query, dim, slice, exclude_user,
                                 seen_offsets, seen_lens, seen_items, k, nullptr, workspace,
-                                out_ids, out_scores, trace);
+                                out_ids, out_scores, fold, trace);
 }

@@ -76,6 +76,72 @@ impl<T: Element> std::fmt::Debug for CudaBuffer<T> {
     }
 }
 
+/// A stage's per-batch records (user rows, member runs, packed rerank records): planned on
+/// the host, then on the device either in the stage's own buffer (one upload by the stage,
+/// when it runs alone) or in a range of the path's shared arena (`GpuPath` uploads every
+/// stage's records in one copy: at batch 1 each upload call was a visible share of the host
+/// step). Kernels read them through [`StageRecords::ptr_at`].
+pub(crate) struct StageRecords {
+    host: Vec<u32>,
+    own: CudaBuffer<u32>,
+    /// Device address of the records in the path's arena, when placed there.
+    placed: Option<u64>,
+}
+
+impl StageRecords {
+    pub(crate) fn new(cuda: &Cuda) -> Result<StageRecords, CudaError> {
+        Ok(StageRecords {
+            host: Vec::new(),
+            own: cuda.alloc(0)?,
+            placed: None,
+        })
+    }
+
+    /// The host records to plan into (cleared by the caller as needed).
+    pub(crate) fn host_mut(&mut self) -> &mut Vec<u32> {
+        &mut self.host
+    }
+
+    pub(crate) fn host(&self) -> &[u32] {
+        &self.host
+    }
+
+    /// Uploads the planned records into the stage's own buffer (at least `room` words, so
+    /// a later batch of the same shape keeps its address) and reads them from there.
+    pub(crate) fn upload_own(&mut self, cuda: &Cuda, room: usize) -> Result<(), CudaError> {
+        cuda.ensure_len(&mut self.own, room.max(self.host.len()))?;
+        cuda.upload_at(&self.host, &mut self.own, 0)?;
+        self.placed = None;
+        Ok(())
+    }
+
+    /// Reads the records from `ptr` (the caller uploaded them there).
+    pub(crate) fn place(&mut self, ptr: u64) {
+        self.placed = Some(ptr);
+    }
+
+    /// Device address of word `i`.
+    pub(crate) fn ptr_at(&self, i: usize) -> u64 {
+        match self.placed {
+            Some(ptr) => ptr + (i * size_of::<u32>()) as u64,
+            None => self.own.ptr_at(i),
+        }
+    }
+
+    pub(crate) fn device_ptr(&self) -> u64 {
+        self.ptr_at(0)
+    }
+
+    /// Planned words.
+    pub(crate) fn len(&self) -> usize {
+        self.host.len()
+    }
+
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.own.allocated_bytes()
+    }
+}
+
 /// A point on the stream's timeline (a CUDA event with timing enabled).
 pub struct CudaMark(CudaEvent);
 

@@ -3,7 +3,8 @@
 use hyperrec_catalog::SharedUsers;
 use hyperrec_stage::{Batch, Event, Stage, StageError, UserIndex};
 
-use crate::device::{Cuda, CudaBuffer, arg};
+use crate::device::{Cuda, CudaBuffer, StageRecords, arg};
+use crate::similarity_one::FoldedFusion;
 use crate::{CudaError, SharedTables};
 
 /// GPU twin of `hyperrec_fusion::Fusion` (`"fusion"`): the same formula, notes and
@@ -23,9 +24,9 @@ pub struct CudaFusion {
     member_offsets_host: Vec<u32>,
     members_host: Vec<u32>,
     /// `[offsets; n + 1] [members]` in one buffer: one upload per batch instead of two (at
-    /// batch 1 each upload is a visible share of the host step).
-    records_host: Vec<u32>,
-    records: CudaBuffer<u32>,
+    /// batch 1 each upload is a visible share of the host step), or a range of the path's
+    /// arena.
+    records: StageRecords,
 }
 
 impl CudaFusion {
@@ -47,19 +48,26 @@ impl CudaFusion {
             alpha,
             member_offsets_host: Vec::new(),
             members_host: Vec::new(),
-            records_host: Vec::new(),
-            records: cuda.alloc(0)?,
+            records: StageRecords::new(cuda)?,
         })
     }
 
-    /// Resolves the batch's members on the host and stages them for the kernel; returns
-    /// nothing on the device yet. Split from `run` so a captured graph can replay the
-    /// kernel after only this host step.
+    /// Resolves the batch's members on the host and uploads them for the kernel (nothing
+    /// runs on the device yet). Split from `run` so a captured graph can replay the kernel
+    /// after only this host step.
     pub(crate) fn prepare(
         &mut self,
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
+        self.plan(batch);
+        self.records.upload_own(cuda, 0)?;
+        Ok(())
+    }
+
+    /// The host half of [`CudaFusion::prepare`]: the records, planned but not uploaded
+    /// (`GpuPath` uploads every stage's records in one copy and places them).
+    pub(crate) fn plan(&mut self, batch: &mut Batch<Cuda>) {
         let users = self.users.read();
         plan_members(
             &users,
@@ -69,13 +77,15 @@ impl CudaFusion {
             &mut self.members_host,
         );
         drop(users);
-        self.records_host.clear();
-        self.records_host
-            .extend_from_slice(&self.member_offsets_host);
-        self.records_host.extend_from_slice(&self.members_host);
-        cuda.ensure_len(&mut self.records, self.records_host.len())?;
-        cuda.upload_at(&self.records_host, &mut self.records, 0)?;
-        Ok(())
+        let records = self.records.host_mut();
+        records.clear();
+        records.extend_from_slice(&self.member_offsets_host);
+        records.extend_from_slice(&self.members_host);
+    }
+
+    /// The planned records, for the path to upload and place.
+    pub(crate) fn records_mut(&mut self) -> &mut StageRecords {
+        &mut self.records
     }
 
     /// Enqueues the fusion kernel for a prepared batch.
@@ -187,6 +197,43 @@ impl CudaFusion {
 }
 
 impl CudaFusion {
+    /// What the batch-1 similarity kernel needs to fuse a prepared batch of one query itself
+    /// (GpuPath folds this stage into it: one launch fewer on the latency path); sizes
+    /// `batch.fused`, which that kernel writes with this stage's arithmetic (the shared
+    /// `fuse_one_warp`).
+    pub(crate) fn fold_args(
+        &self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+    ) -> Result<FoldedFusion, StageError> {
+        let dim = batch.dim;
+        let tables = self.tables.lock();
+        if batch.len() != 1
+            || tables.dim() != dim
+            || batch.query_embeddings.len() != dim
+            || !warp_fusion_fits(dim)
+            || self.records.len() < 2
+        {
+            return Err(StageError::BatchShape {
+                stage: "fusion",
+                expected: format!("one prepared query of width {}", tables.dim()),
+                found: format!(
+                    "{} queries, {} values of width {dim}",
+                    batch.len(),
+                    batch.query_embeddings.len()
+                ),
+            });
+        }
+        cuda.ensure_len(&mut batch.fused, dim)?;
+        Ok(FoldedFusion {
+            query: batch.query_embeddings.device_ptr(),
+            users: tables.users().device_ptr(),
+            records: self.records.device_ptr(),
+            alpha: self.alpha,
+            fused: batch.fused.device_ptr(),
+        })
+    }
+
     /// Device addresses a captured graph of this stage bakes in.
     pub(crate) fn graph_key(&self) -> Vec<u64> {
         let tables = self.tables.lock();

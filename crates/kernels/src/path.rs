@@ -6,12 +6,23 @@ use cudarc::driver::{result, sys};
 
 use hyperrec_stage::{Batch, Event, Stage, StageError};
 
-use crate::device::Cuda;
+use crate::device::{Cuda, CudaBuffer};
 use crate::similarity::SMALL_BATCH;
 use crate::{CudaCache, CudaError, CudaFusion, CudaRerank, CudaSimilarity, MemoryReport};
 
 /// Graphs kept at most; shapes beyond this start the cache afresh.
 const MAX_GRAPHS: usize = 64;
+
+/// Stage ranges in the record arena start at multiples of this many words (128 bytes).
+const ARENA_ALIGN_WORDS: usize = 32;
+
+/// The stages' per-batch records of a path, laid out in one device buffer (allocated on the
+/// first batch) so that they travel in one copy.
+#[derive(Default)]
+struct RecordArena {
+    host: Vec<u32>,
+    device: Option<CudaBuffer<u32>>,
+}
 
 /// An instantiated graph and the graph it came from.
 struct Captured {
@@ -37,8 +48,9 @@ impl Drop for Captured {
 ///
 /// Each stage's pre-launch host step (resolving users, whose seen set to exclude, compact
 /// per-query rerank records; small uploads) runs first, then the device work of all three
-/// stages is one graph launch: about ten kernels and a GEMM with no launch gaps and no host
-/// synchronization; the host steps that only write notes (`excluded`, `sources`) run after
+/// stages is one graph launch: a few kernels (and at large batches a GEMM) with no launch
+/// gaps and no host synchronization (a batch of one query without the cache: two kernels,
+/// the batch-1 similarity kernel fusing the query itself); the host steps that only write notes (`excluded`, `sources`) run after
 /// the launch, overlapped with the device. A graph is keyed by
 /// everything its launches bake in (batch size, candidates, results, slots, the device
 /// addresses of every buffer involved, the tables' generation), so a batch of a new shape
@@ -54,6 +66,8 @@ pub struct GpuPath {
     pub similarity: CudaSimilarity,
     pub rerank: CudaRerank,
     graphs: HashMap<Vec<u64>, Captured>,
+    /// Every stage's per-batch records in one device buffer, uploaded in one copy.
+    arena: RecordArena,
     /// Graphs launched / captured since creation.
     replays: u64,
     captures: u64,
@@ -67,6 +81,7 @@ impl GpuPath {
             similarity,
             rerank,
             graphs: HashMap::new(),
+            arena: RecordArena::default(),
             replays: 0,
             captures: 0,
         }
@@ -95,12 +110,13 @@ impl GpuPath {
     /// Runs fusion, (cache,) similarity and rerank on `batch` (whose `query_embeddings` are set);
     /// enqueues only: synchronize (or download) before reading results.
     pub fn run(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
-        self.fusion.prepare(cuda, batch)?;
+        self.fusion.plan(batch);
         if let Some(cache) = &mut self.cache {
             cache.prepare(cuda, batch)?;
         }
-        self.similarity.prepare(cuda, batch)?;
-        self.rerank.prepare(cuda, batch)?;
+        self.similarity.plan(batch);
+        self.rerank.plan(cuda, batch)?;
+        self.upload_records(cuda, batch.len())?;
         let key = self.key(batch);
         if let Some(captured) = self.graphs.get(&key) {
             // The graph writes the outputs in place, but a batch of another shape may have
@@ -136,6 +152,43 @@ impl GpuPath {
         Ok(())
     }
 
+    /// Uploads the planned records of fusion, similarity and rerank in one copy into the
+    /// arena and points each stage at its range. A range's offset depends only on the
+    /// batch size and the records' sizes rounded up (spare room), so batches of one shape
+    /// keep the addresses their captured graph bakes in.
+    fn upload_records(&mut self, cuda: &Cuda, n: usize) -> Result<(), StageError> {
+        let rooms = [
+            self.fusion.records_mut().len().next_power_of_two(),
+            n,
+            self.rerank.records_room(n),
+        ];
+        let parts = [
+            self.fusion.records_mut(),
+            self.similarity.records_mut(),
+            self.rerank.records_mut(),
+        ];
+        let arena = &mut self.arena;
+        arena.host.clear();
+        let mut offsets = [0usize; 3];
+        let mut end = 0;
+        for ((part, room), offset) in parts.iter().zip(rooms).zip(&mut offsets) {
+            *offset = end;
+            arena.host.resize(end, 0);
+            arena.host.extend_from_slice(part.host());
+            end = (end + room.max(part.len())).next_multiple_of(ARENA_ALIGN_WORDS);
+        }
+        let device = match &mut arena.device {
+            Some(device) => device,
+            None => arena.device.insert(cuda.alloc(end)?),
+        };
+        cuda.ensure_len(device, end)?;
+        cuda.upload_at(&arena.host, device, 0)?;
+        for (part, offset) in parts.into_iter().zip(offsets) {
+            part.place(device.ptr_at(offset));
+        }
+        Ok(())
+    }
+
     /// The host steps that only write notes (`excluded`, `sources`): run after the launch,
     /// while the device works, since nothing on the device waits for them.
     fn fill_notes(&self, batch: &mut Batch<Cuda>) {
@@ -144,27 +197,29 @@ impl GpuPath {
     }
 
     /// Runs only the host steps of [`GpuPath::run`] (resolving users, exclusion lists,
-    /// sources, and their uploads) and returns the wall time of each: fusion, cache (zero
-    /// without one), similarity, rerank (these four run before the launch), and the notes
-    /// written after it (`excluded`, `sources`: overlapped with the device work). For
-    /// benchmarks that separate host preparation from device time.
+    /// sources, and their upload) and returns the wall time of each: fusion, cache (zero
+    /// without one), similarity, rerank, the records' one upload (these five run before the
+    /// launch), and the notes written after it (`excluded`, `sources`: overlapped with the
+    /// device work). For benchmarks that separate host preparation from device time.
     #[doc(hidden)]
     pub fn prepare_timed(
         &mut self,
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
-    ) -> Result<[std::time::Duration; 5], StageError> {
+    ) -> Result<[std::time::Duration; 6], StageError> {
         let start = std::time::Instant::now();
-        self.fusion.prepare(cuda, batch)?;
+        self.fusion.plan(batch);
         let fused = std::time::Instant::now();
         if let Some(cache) = &mut self.cache {
             cache.prepare(cuda, batch)?;
         }
         let cached = std::time::Instant::now();
-        self.similarity.prepare(cuda, batch)?;
+        self.similarity.plan(batch);
         let similar = std::time::Instant::now();
-        self.rerank.prepare(cuda, batch)?;
+        self.rerank.plan(cuda, batch)?;
         let reranked = std::time::Instant::now();
+        self.upload_records(cuda, batch.len())?;
+        let uploaded = std::time::Instant::now();
         self.fill_notes(batch);
         let noted = std::time::Instant::now();
         Ok([
@@ -172,11 +227,19 @@ impl GpuPath {
             cached - fused,
             similar - cached,
             reranked - similar,
-            noted - reranked,
+            uploaded - reranked,
+            noted - uploaded,
         ])
     }
 
     fn enqueue_all(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
+        // One query without the cache: the batch-1 similarity kernel fuses the query itself
+        // (the fusion stage's arithmetic, shared), one launch fewer on the latency path.
+        if self.cache.is_none() && self.similarity.fused_batch_one(batch) {
+            let fold = self.fusion.fold_args(cuda, batch)?;
+            self.similarity.enqueue_folded(cuda, batch, fold)?;
+            return self.rerank.enqueue(cuda, batch);
+        }
         // Without the cache (whose folded history term changes the queries after fusion),
         // a batch that the similarity scores by GEMM reads fp16 queries: the fusion kernel
         // writes them directly, one kernel fewer than fusing then converting.
@@ -263,10 +326,19 @@ impl GpuPath {
 
     /// Device bytes of the stages' own buffers (the shared tables report separately).
     pub fn memory_report(&self) -> MemoryReport {
+        let arena = MemoryReport {
+            workspace: self
+                .arena
+                .device
+                .as_ref()
+                .map_or(0, CudaBuffer::allocated_bytes),
+            ..MemoryReport::default()
+        };
         let stages = self
             .similarity
             .memory_report()
-            .add(&self.rerank.memory_report());
+            .add(&self.rerank.memory_report())
+            .add(&arena);
         match &self.cache {
             Some(cache) => stages.add(&cache.memory_report()),
             None => stages,

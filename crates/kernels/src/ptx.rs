@@ -45,6 +45,17 @@ pub const MODULES: &[PtxModule] = &[
     },
 ];
 
+/// The local headers a CUDA source includes (`#include "name.cuh"`, files beside it in
+/// `cuda/`), in order. A module's recorded hash covers the source followed by each of these
+/// files' bytes, so editing a shared header makes every PTX that includes it stale.
+pub fn local_includes(source: &str) -> Vec<&str> {
+    source
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("#include"))
+        .filter_map(|rest| rest.trim().strip_prefix('"')?.strip_suffix('"'))
+        .collect()
+}
+
 /// The source hash a generated PTX file records, if its first line carries one.
 pub fn recorded_source_hash(ptx: &str) -> Option<&str> {
     ptx.lines()

@@ -20,6 +20,9 @@
 pub const CODE_LEVELS: f32 = 127.0;
 /// Magnitude of the largest query code (the kernel quantizes the query to int16).
 pub const QUERY_LEVELS: f32 = 32767.0;
+/// Bound on `|q_d - sq q~_d|` in query steps `sq`: half a step of rounding, and slack for
+/// the f32 rounding of the scale and its inverse (the kernel's `DQ_STEPS`).
+pub const DQ_STEPS: f32 = 0.51;
 /// Floats per row in [`QuantizedRows::bounds`]: scale, residual norm, code norm, unused.
 pub const BOUND_FLOATS: usize = 4;
 
@@ -98,7 +101,7 @@ pub struct QuantizedQuery {
     pub codes: Vec<i32>,
     /// `||q||` (f32 sum of squares), +inf when the query has a non-finite value.
     pub norm: f32,
-    /// `||q - sq q~||` (f32).
+    /// A bound on `||q - sq q~||`: `DQ_STEPS sq sqrt(dim)`.
     pub residual_norm: f32,
 }
 
@@ -110,23 +113,19 @@ pub fn quantize_query(query: &[f32]) -> QuantizedQuery {
     let sum: f32 = query.iter().map(|x| x * x).sum();
     let scale = max / QUERY_LEVELS;
     let inverse = if max > 0.0 { QUERY_LEVELS / max } else { 0.0 };
-    let mut residual = 0.0f32;
     let codes = query
         .iter()
         .map(|&x| {
-            let c = (x * inverse)
+            (x * inverse)
                 .round_ties_even()
-                .clamp(-QUERY_LEVELS, QUERY_LEVELS);
-            let d = x - scale * c;
-            residual += d * d;
-            c as i32
+                .clamp(-QUERY_LEVELS, QUERY_LEVELS) as i32
         })
         .collect();
     QuantizedQuery {
         scale,
         codes,
         norm: if bad { f32::INFINITY } else { sum.sqrt() },
-        residual_norm: residual.sqrt(),
+        residual_norm: DQ_STEPS * scale * (query.len() as f32).sqrt(),
     }
 }
 
@@ -205,6 +204,17 @@ mod tests {
                 .map(|_| rng.random_range(-1.0f32..1.0) * scale)
                 .collect();
             let q = quantize_query(&query);
+            let residual: f64 = query
+                .iter()
+                .zip(&q.codes)
+                .map(|(&x, &c)| (f64::from(x) - f64::from(q.scale) * f64::from(c)).powi(2))
+                .sum();
+            assert!(
+                residual.sqrt() <= f64::from(q.residual_norm),
+                "seed {seed}, case {case}: query residual {} above its bound {}",
+                residual.sqrt(),
+                q.residual_norm
+            );
             for (j, row) in rows.chunks_exact(dim).enumerate() {
                 let (a, b) = approximate_score(
                     &q,

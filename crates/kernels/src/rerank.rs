@@ -11,7 +11,7 @@ use hyperrec_rerank::{ContextVocabulary, PhraseTable, RerankConfig, RerankWeight
 use hyperrec_stage::{Batch, Context, Event, Request, RequestNotes, Source, Stage, StageError};
 
 use crate::device::{
-    Cuda, CudaBuffer, RERANK_FUSED_MAX_SHARED_BYTES, RERANK_MAX_SHARED_BYTES, arg,
+    Cuda, CudaBuffer, RERANK_FUSED_MAX_SHARED_BYTES, RERANK_MAX_SHARED_BYTES, StageRecords, arg,
 };
 use crate::{CudaError, MemoryReport, NO_ITEM, SharedTables};
 
@@ -495,8 +495,8 @@ pub struct CudaRerank {
     ctx_keys: CudaBuffer<u16>,
     ctx_values: CudaBuffer<u16>,
     /// Per-batch query records (see [`resolve_sources`]), host staging and device copy.
-    packed_host: Vec<u32>,
-    packed: CudaBuffer<u32>,
+    /// The batch's query records ([`plan_sources`]), in its own buffer or the path's arena.
+    packed: StageRecords,
     /// The build of the rerank kernels, when fixed (`None`: [`choose_kernel`] decides).
     kernel: Option<RerankKernel>,
     fused_half: CudaBuffer<u16>,
@@ -565,8 +565,7 @@ impl CudaRerank {
             phrases_version: None,
             ctx_keys: cuda.alloc(0)?,
             ctx_values: cuda.alloc(0)?,
-            packed_host: Vec::new(),
-            packed: cuda.alloc(0)?,
+            packed: StageRecords::new(cuda)?,
             kernel: None,
             fused_half: cuda.alloc(0)?,
             projected_fused: cuda.alloc(0)?,
@@ -620,11 +619,31 @@ impl CudaRerank {
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
+        self.plan(cuda, batch)?;
+        let room = self.records_room(batch.len());
+        self.packed.upload_own(cuda, room)?;
+        Ok(())
+    }
+
+    /// Words the records of a batch of `n` queries get on the device: spare room for
+    /// context rows, so a batch of the same size with more phrases keeps its address (and
+    /// the captured graph that bakes it).
+    pub(crate) fn records_room(&self, n: usize) -> usize {
+        self.packed.len().max(packed_len(n, 4 * n))
+    }
+
+    /// The planned records, for the path to upload and place.
+    pub(crate) fn records_mut(&mut self) -> &mut StageRecords {
+        &mut self.packed
+    }
+
+    /// The host half of [`CudaRerank::prepare`] (and the context phrases' upload when the
+    /// vocabulary changed): the records, planned but not uploaded.
+    pub(crate) fn plan(&mut self, cuda: &Cuda, batch: &mut Batch<Cuda>) -> Result<(), StageError> {
         self.refresh_phrases(cuda)?;
         let users = self.users.read();
         let table_history = self.tables.lock().history_len();
         let phrases = self.vocabulary.read();
-        let n = batch.len();
         let slots = plan_sources(
             &users,
             &phrases,
@@ -632,16 +651,11 @@ impl CudaRerank {
             table_history,
             &batch.requests,
             &batch.notes,
-            &mut self.packed_host,
+            self.packed.host_mut(),
         )?;
         drop(phrases);
         drop(users);
         batch.slots = slots;
-        // Spare room for context rows, so a batch of the same size with more phrases
-        // keeps the buffer (and the captured graph that bakes its address).
-        let room = self.packed_host.len().max(packed_len(n, 4 * n));
-        cuda.ensure_len(&mut self.packed, room)?;
-        cuda.upload_at(&self.packed_host, &mut self.packed, 0)?;
         Ok(())
     }
 

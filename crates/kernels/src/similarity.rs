@@ -6,9 +6,11 @@
 use hyperrec_catalog::SharedUsers;
 use hyperrec_stage::{Batch, Event, Request, RequestNotes, Stage, StageError, UserIndex};
 
-use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
+use crate::device::{Cuda, CudaBuffer, StageRecords, TOPK_MAX_SHARED_BYTES, arg};
 use crate::similarity_batch::{self, ScoreGemm};
-use crate::similarity_one::{self, FusedOutputs, FusedWorkspace, Int8Items, OnePass, SeenSource};
+use crate::similarity_one::{
+    self, FoldedFusion, FusedOutputs, FusedWorkspace, Int8Items, OnePass, SeenSource,
+};
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
 
 /// Largest number of candidates the top-K kernel selects per query.
@@ -217,8 +219,9 @@ fn cuda_sm_blocks(n_items: usize) -> usize {
 
 /// Where seen items come from for exclusion in [`enqueue_top_k`].
 pub(crate) struct Exclusion<'a> {
-    /// `[n]` user row per query whose seen set is excluded, or [`NO_ITEM`] for none.
-    pub users: &'a CudaBuffer<u32>,
+    /// Device address of `[n]` user rows per query whose seen set is excluded, or
+    /// [`NO_ITEM`] for none.
+    pub users: u64,
     pub tables: &'a DeviceTables,
 }
 
@@ -277,7 +280,7 @@ pub(crate) fn enqueue_top_k(
                 offsets.device_ptr(),
                 lens.device_ptr(),
                 items.device_ptr(),
-                e.users.device_ptr(),
+                e.users,
             )
         }
         None => (0, 0, 0, 0),
@@ -455,8 +458,8 @@ pub struct CudaSimilarity {
     one_pass: OnePass,
     /// Histogram, ticket and slice lists of the fused batch-1 kernel.
     fused_one: FusedWorkspace,
-    exclude_host: Vec<u32>,
-    exclude: CudaBuffer<u32>,
+    /// `[n]` user row per query whose seen set is excluded, or [`NO_ITEM`].
+    exclude: StageRecords,
     fused_half: CudaBuffer<u16>,
     /// `fused + offset` when the path folds the cache's history term into the query.
     fused_offset: CudaBuffer<f32>,
@@ -490,8 +493,7 @@ impl CudaSimilarity {
             strategy: None,
             one_pass: OnePass::default(),
             fused_one: FusedWorkspace::new(cuda)?,
-            exclude_host: Vec::new(),
-            exclude: cuda.alloc(0)?,
+            exclude: StageRecords::new(cuda)?,
             fused_half: cuda.alloc(0)?,
             fused_offset: cuda.alloc(0)?,
             scores: cuda.alloc(0)?,
@@ -518,20 +520,33 @@ impl CudaSimilarity {
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
+        self.plan(batch);
+        self.exclude.upload_own(cuda, 0)?;
+        Ok(())
+    }
+
+    /// The host half of [`CudaSimilarity::prepare`]: the exclusion records, planned but not
+    /// uploaded (`GpuPath` uploads every stage's records in one copy and places them).
+    pub(crate) fn plan(&mut self, batch: &Batch<Cuda>) {
         let users = self.users.read();
         let exclude_seen = self.params.exclude_seen;
-        self.exclude_host.clear();
-        self.exclude_host
-            .extend(batch.notes.iter().zip(&batch.requests).map(
-                |(notes, request)| match notes.user {
+        let exclude = self.exclude.host_mut();
+        exclude.clear();
+        exclude.extend(
+            batch
+                .notes
+                .iter()
+                .zip(&batch.requests)
+                .map(|(notes, request)| match notes.user {
                     Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => user,
                     _ => NO_ITEM,
-                },
-            ));
-        drop(users);
-        cuda.ensure_len(&mut self.exclude, self.exclude_host.len())?;
-        cuda.upload_at(&self.exclude_host, &mut self.exclude, 0)?;
-        Ok(())
+                }),
+        );
+    }
+
+    /// The planned records, for the path to upload and place.
+    pub(crate) fn records_mut(&mut self) -> &mut StageRecords {
+        &mut self.exclude
     }
 
     /// Post-launch host step: `notes.excluded` (the seen items the device excluded, as the
@@ -591,6 +606,42 @@ impl CudaSimilarity {
         &mut self.fused_half
     }
 
+    /// Whether a batch of this shape is scored and selected by the fused batch-1 kernel
+    /// (one query, no prior, no strategy chosen, a shape the kernel supports), which can
+    /// also fuse the query itself ([`CudaSimilarity::enqueue_folded`]).
+    pub(crate) fn fused_batch_one(&self, batch: &Batch<Cuda>) -> bool {
+        let tables = self.tables.lock();
+        let (dim, n_items) = (tables.dim(), tables.n_items());
+        let k = self
+            .params
+            .candidates
+            .max(batch.results)
+            .min(MAX_CANDIDATES);
+        batch.len() == 1
+            && batch.item_prior.len() != n_items
+            && self.strategy.is_none()
+            && similarity_one::supports(n_items, dim, k)
+    }
+
+    /// The device step with the fusion stage folded in (GpuPath at batch 1 without the
+    /// cache, where [`CudaSimilarity::fused_batch_one`] holds): the kernel fuses the query
+    /// from `fold` and writes `batch.fused` for the rerank, one launch fewer.
+    pub(crate) fn enqueue_folded(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        fold: FoldedFusion,
+    ) -> Result<(), StageError> {
+        if !self.fused_batch_one(batch) {
+            return Err(StageError::BatchShape {
+                stage: "similarity",
+                expected: "one query the fused batch-1 kernel serves".into(),
+                found: format!("{} queries", batch.len()),
+            });
+        }
+        self.enqueue_inner(cuda, batch, None, false, fold)
+    }
+
     /// [`CudaSimilarity::enqueue_with_offset`]; with `fused_half_ready` (no offset, and a
     /// batch large enough for the GEMM) the fusion kernel has already written the fp16
     /// fused rows into [`CudaSimilarity::fused_half_mut`], so no conversion pass runs.
@@ -600,6 +651,23 @@ impl CudaSimilarity {
         batch: &mut Batch<Cuda>,
         offset: Option<&CudaBuffer<f32>>,
         fused_half_ready: bool,
+    ) -> Result<(), StageError> {
+        self.enqueue_inner(
+            cuda,
+            batch,
+            offset,
+            fused_half_ready,
+            FoldedFusion::default(),
+        )
+    }
+
+    fn enqueue_inner(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        offset: Option<&CudaBuffer<f32>>,
+        fused_half_ready: bool,
+        fold: FoldedFusion,
     ) -> Result<(), StageError> {
         let fused_half_ready = fused_half_ready && offset.is_none();
         let n = batch.len();
@@ -667,6 +735,7 @@ impl CudaSimilarity {
                 cuda,
                 tables.items(),
                 int8,
+                fold,
                 n_items,
                 dim,
                 queries.device_ptr(),
@@ -702,7 +771,7 @@ impl CudaSimilarity {
             k,
             prior,
             Some(Exclusion {
-                users: &self.exclude,
+                users: self.exclude.device_ptr(),
                 tables: &tables,
             }),
             self.strategy.unwrap_or_default(),

@@ -135,6 +135,20 @@ pub enum OnePass {
     Fp16,
 }
 
+/// The fusion stage folded into the batch-1 kernel, laid out as `Fold` in
+/// `cuda/similarity_one.cu` (passed by value): the query embedding, the user table, the
+/// fusion records (`[offsets; 2][members]`), alpha, and the `fused` row the rerank reads.
+/// All zero: no fold (the kernel reads an already fused query).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FoldedFusion {
+    pub query: u64,
+    pub users: u64,
+    pub records: u64,
+    pub alpha: f32,
+    pub fused: u64,
+}
+
 /// The int8 item table for [`OnePass::Int8`]: `[n_items, dim]` codes and `[n_items, 4]`
 /// bounds, as [`crate::quantized::quantize_rows`] makes them.
 #[derive(Clone, Copy)]
@@ -151,6 +165,7 @@ pub(crate) fn enqueue_fused(
     cuda: &Cuda,
     items: &CudaBuffer<u16>,
     int8: Option<Int8Items<'_>>,
+    fold: FoldedFusion,
     n_items: usize,
     dim: usize,
     query: u64,
@@ -226,6 +241,7 @@ pub(crate) fn enqueue_fused(
             arg(&workspace_ptr),
             arg(&ids_ptr),
             arg(&top_ptr),
+            arg(&fold),
             arg(&trace_ptr),
         ];
         // SAFETY: parameters match `similarity_top_k_one_int8`; as below, plus the codes
@@ -256,13 +272,17 @@ pub(crate) fn enqueue_fused(
         arg(&workspace_ptr),
         arg(&ids_ptr),
         arg(&top_ptr),
+        arg(&fold),
         arg(&trace_ptr),
     ];
     // SAFETY: parameters match `similarity_top_k_one`; items hold n_items * dim halves, the
     // query `dim` floats (the caller's buffer), scores a row of score_row_stride(n_items), the
     // workspace the plan's words (zeroed when allocated), the outputs k entries; the seen
     // source is null or a user row of its tables (the host writes only known rows or
-    // NO_ITEM); the trace, when given, holds (blocks + 1) * TRACE_WORDS words.
+    // NO_ITEM); the trace, when given, holds (blocks + 1) * TRACE_WORDS words; a fold, when
+    // its users pointer is set, names the batch's query (dim floats), the user table, the
+    // fusion stage's records of one query whose members are table rows, and a fused row of
+    // dim floats (CudaFusion::fold_args).
     unsafe {
         cuda.launch(
             &cuda.kernels.similarity_top_k_one,
@@ -399,6 +419,7 @@ impl SimilarityOne {
             cuda,
             items,
             int8.map(|(codes, bounds)| Int8Items { codes, bounds }),
+            FoldedFusion::default(),
             n_items,
             dim,
             query.device_ptr(),

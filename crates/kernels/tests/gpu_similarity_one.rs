@@ -485,8 +485,9 @@ fn batch_one_stage_equals_the_two_kernel_path_with_heavy_seen_sets() {
     }
 }
 
-/// Graph replays of the batch-1 path (fused similarity, no memset between replays) give
-/// exactly the candidates and results of eager stages with the exact radix select.
+/// Graph replays of the batch-1 path (fused similarity with the fusion folded in and the
+/// int8 first pass, no memset between replays) give exactly the fused query, candidates and
+/// results of eager stages (fusion kernel, GEMV, exact radix select).
 #[test]
 fn batch_one_graph_replays_equal_the_eager_exact_path() {
     let Some(cuda) = cuda_or_skip("batch_one_graph_replays_equal_the_eager_exact_path") else {
@@ -541,6 +542,13 @@ fn batch_one_graph_replays_equal_the_eager_exact_path() {
             download(&cuda, &batch.candidate_scores),
             download(&cuda, &graph_batch.candidate_scores),
             "{context}: candidate scores"
+        );
+        // The graph's similarity kernel fused the query itself (the fusion stage folded in);
+        // the eager path ran the fusion kernel: the same bits.
+        assert_eq!(
+            download(&cuda, &batch.fused),
+            download(&cuda, &graph_batch.fused),
+            "{context}: fused query"
         );
         assert_eq!(
             download(&cuda, &batch.result_scores),

@@ -1,8 +1,9 @@
-//! Fails when a CUDA source changed without `cargo xtask ptx` regenerating its PTX.
+//! Fails when a CUDA source (or a local header it includes) changed without `cargo xtask
+//! ptx` regenerating its PTX.
 
 use std::path::{Path, PathBuf};
 
-use hyperrec_kernels::ptx::{MODULES, recorded_source_hash};
+use hyperrec_kernels::ptx::{MODULES, local_includes, recorded_source_hash};
 use sha2::{Digest, Sha256};
 
 fn crate_dir() -> PathBuf {
@@ -32,7 +33,16 @@ fn every_ptx_matches_its_source() {
     for source in &sources {
         let name = stem(source);
         let text = std::fs::read(source).expect("readable source");
-        let expected = hex::encode(Sha256::digest(&text));
+        let mut hasher = Sha256::new();
+        hasher.update(&text);
+        for header in local_includes(&String::from_utf8_lossy(&text)) {
+            let path = crate_dir().join("cuda").join(header);
+            hasher.update(
+                std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("{name}.cu includes {header}, unreadable: {e}")),
+            );
+        }
+        let expected = hex::encode(hasher.finalize());
         let ptx_path = crate_dir().join("ptx").join(format!("{name}.ptx"));
         let ptx = std::fs::read_to_string(&ptx_path).unwrap_or_else(|e| {
             panic!(

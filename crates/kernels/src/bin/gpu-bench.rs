@@ -268,7 +268,7 @@ fn fused_phases(
         ("candidates gathered (tie fallback runs: +100000)", "count"),
     ];
     let mut trace = cuda.zeros::<u32>(0)?;
-    let mut per_metric: Vec<Vec<f64>> = vec![Vec::new(); NAMES.len()];
+    let mut per_metric: Vec<Vec<f64>> = vec![Vec::new(); NAMES.len() + 3];
     let mut host = Vec::new();
     for rep in 0..reps + 5 {
         fused.enqueue_traced(
@@ -312,12 +312,35 @@ fn fused_phases(
         metrics.push(span(blocks, 1, 2));
         metrics.push(span(blocks, 2, 3));
         metrics.push(rel(at(blocks, 4)) - first_start);
-        metrics.push(f64::from(at(blocks, 6)) + 100_000.0 * f64::from(at(blocks, 5)));
+        if pass == OnePass::Int8 {
+            // Word 5: the candidates the last block rescored itself; word 7: its clock
+            // after rescoring (then the selection and the writes).
+            metrics.push(f64::from(at(blocks, 6)));
+            metrics.push(f64::from(at(blocks, 5)));
+            metrics.push(span(blocks, 2, 7));
+            metrics.push(span(blocks, 7, 3));
+        } else {
+            metrics.push(f64::from(at(blocks, 6)) + 100_000.0 * f64::from(at(blocks, 5)));
+        }
         for (metric, value) in per_metric.iter_mut().zip(metrics) {
             metric.push(value);
         }
     }
-    for ((name, unit), values) in NAMES.iter().zip(per_metric) {
+    const INT8_NAMES: [(&str, &str); 4] = [
+        ("last block: candidates gathered", "count"),
+        ("last block: candidates it rescored", "count"),
+        ("last block: rescoring", "cycles"),
+        ("last block: selection + write", "cycles"),
+    ];
+    let names: Vec<(&str, &str)> = match pass {
+        OnePass::Int8 => NAMES[..NAMES.len() - 1]
+            .iter()
+            .chain(&INT8_NAMES)
+            .copied()
+            .collect(),
+        OnePass::Fp16 => NAMES.to_vec(),
+    };
+    for ((name, unit), values) in names.iter().zip(per_metric) {
         results.push((
             format!("fused trace ({pass:?}): {name}"),
             median(values),
@@ -753,7 +776,7 @@ fn main() -> anyhow::Result<()> {
     // the wall time above that the device does not see.
     for n in [1usize, 1000] {
         let mut batch = query_batch(&cuda, &mut rng, args.users, n)?;
-        let mut per_stage = vec![Vec::new(); 5];
+        let mut per_stage = vec![Vec::new(); 6];
         for rep in 0..args.reps + 5 {
             let times = path.prepare_timed(&cuda, &mut batch)?;
             cuda.synchronize()?;
@@ -768,6 +791,7 @@ fn main() -> anyhow::Result<()> {
             "cache",
             "similarity",
             "rerank",
+            "records upload (one copy)",
             "notes after the launch (overlapped)",
         ];
         for (name, times) in names.iter().zip(per_stage) {
