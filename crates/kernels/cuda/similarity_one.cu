@@ -1067,22 +1067,38 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
                             scratch, misc, out_ids, out_scores);
             return;
         }
-        // The rescored entries right after the scored ones (through registers: the ranges
-        // may overlap).
-        constexpr unsigned MOVES = (CAND_CAP - UNSCORED_AT + ONE_THREADS - 1) / ONE_THREADS;
-        unsigned long long moved[MOVES];
-#pragma unroll
-        for (unsigned m = 0; m < MOVES; ++m) {
-            const unsigned i = t + m * ONE_THREADS;
-            moved[m] = i < unscored ? cand[UNSCORED_AT + i] : 0ull;
+        // Compact both ranges to the front, keeping only exact keys at or above the bin: the
+        // top k all are (at least k items have L, hence their key, in the bin or above), and
+        // the selection then ranks about half the gathered entries. Through registers, as
+        // the ranges overlap their destinations.
+        constexpr unsigned HELD = 4;
+        const unsigned total = scored + unscored;
+        if (total > HELD * ONE_THREADS) {  // heavy ties only: the exact slow path
+            exact_slow_path(cand, lists, n_items, slice, n_slices, kth_bin, k, items, dim,
+                            query_s, scratch, misc, out_ids, out_scores);
+            return;
         }
+        const unsigned floor_key = kth_bin << 4;
+        unsigned long long held_entries[HELD];
+        unsigned keep_mask = 0, kept = 0;
+#pragma unroll
+        for (unsigned m = 0; m < HELD; ++m) {
+            const unsigned i = t + m * ONE_THREADS;
+            held_entries[m] =
+                i < scored ? cand[i] : (i < total ? cand[UNSCORED_AT + i - scored] : 0ull);
+            if (i < total && (held_entries[m] >> 32) >= floor_key) {
+                keep_mask |= 1u << m;
+                ++kept;
+            }
+        }
+        const unsigned kept_through = block_inclusive_scan(kept, scratch);  // ends in a barrier
+        unsigned at = kept_through - kept;
+#pragma unroll
+        for (unsigned m = 0; m < HELD; ++m)
+            if ((keep_mask >> m) & 1u) cand[at++] = held_entries[m];
+        if (t == ONE_THREADS - 1) misc[10] = kept_through;
         __syncthreads();
-#pragma unroll
-        for (unsigned m = 0; m < MOVES; ++m) {
-            const unsigned i = t + m * ONE_THREADS;
-            if (i < unscored) cand[scored + i] = moved[m];
-        }
-        write_best(cand, scored + unscored, k_eff, k, out_ids, out_scores);
+        write_best(cand, misc[10], k_eff, k, out_ids, out_scores);
         if (last_mark) {
             __syncthreads();
             if (t == 0) {
