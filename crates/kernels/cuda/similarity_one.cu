@@ -282,27 +282,16 @@ __device__ __forceinline__ void block_reduce(float* sum, float* maximum, unsigne
     __syncthreads();  // red may be reused at once
 }
 
-// The exact pass's score of item `index` for the fp32 query in shared memory, as
-// item_scores_one and the fp16 kernel compute it (half a warp per row, lane `sub` owning
-// halves c * 128 + 8 sub .. + 7, the same products in the same order, the same shuffle tree),
-// so its fp16 key equals theirs bit for bit. Every lane of the warp calls it with its own
-// half's row (`valid` false: a zero row); lanes `sub == 0` get the sum.
-__device__ __forceinline__ void exact_rows(const __half* __restrict__ items, unsigned dim,
-                                           const float* query_s, unsigned row_a, bool valid_a,
-                                           unsigned row_b, bool valid_b, float* sa_out,
-                                           float* sb_out) {
-    const unsigned lane = threadIdx.x & 31, sub = lane & 15, chunks = dim >> 7;
-    uint4 a[MAX_CHUNKS], b[MAX_CHUNKS];
-#pragma unroll
-    for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
-        a[c] = b[c] = make_uint4(0, 0, 0, 0);
-        if (c < chunks) {
-            if (valid_a)
-                a[c] = *reinterpret_cast<const uint4*>(items + (size_t)row_a * dim + c * 128 + sub * 8);
-            if (valid_b)
-                b[c] = *reinterpret_cast<const uint4*>(items + (size_t)row_b * dim + c * 128 + sub * 8);
-        }
-    }
+// The exact pass's scores of the rows whose halves `a` and `b` hold (lane `sub` of each half
+// warp: halves c * 128 + 8 sub .. + 7 of its row pair), for the fp32 query in shared memory:
+// the same products in the same order as item_scores_one (exact_dot.cuh) and the same shuffle
+// tree, so the fp16 keys agree bit for bit. Every lane of the warp calls it; lanes `sub == 0`
+// get the sums.
+__device__ __forceinline__ void exact_products(const uint4 (&a)[MAX_CHUNKS],
+                                               const uint4 (&b)[MAX_CHUNKS],
+                                               const float* query_s, unsigned chunks,
+                                               float* sa_out, float* sb_out) {
+    const unsigned sub = (threadIdx.x & 31) & 15;
     float sa = 0.0f, sb = 0.0f;
 #pragma unroll
     for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
@@ -320,6 +309,7 @@ __device__ __forceinline__ void exact_rows(const __half* __restrict__ items, uns
             }
         }
     }
+    // Sum over the 16 lanes of each half (xor offsets below 16 stay within the half).
 #pragma unroll
     for (unsigned offset = 8; offset > 0; offset >>= 1) {
         sa += __shfl_xor_sync(0xffffffffu, sa, offset);
@@ -327,6 +317,27 @@ __device__ __forceinline__ void exact_rows(const __half* __restrict__ items, uns
     }
     *sa_out = sa;
     *sb_out = sb;
+}
+
+// exact_products of item rows `row_a` and `row_b` (each lane passes its own half's rows;
+// `valid` false: a zero row), loaded here.
+__device__ __forceinline__ void exact_rows(const __half* __restrict__ items, unsigned dim,
+                                           const float* query_s, unsigned row_a, bool valid_a,
+                                           unsigned row_b, bool valid_b, float* sa_out,
+                                           float* sb_out) {
+    const unsigned sub = (threadIdx.x & 31) & 15, chunks = dim >> 7;
+    uint4 a[MAX_CHUNKS], b[MAX_CHUNKS];
+#pragma unroll
+    for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
+        a[c] = b[c] = make_uint4(0, 0, 0, 0);
+        if (c < chunks) {
+            if (valid_a)
+                a[c] = *reinterpret_cast<const uint4*>(items + (size_t)row_a * dim + c * 128 + sub * 8);
+            if (valid_b)
+                b[c] = *reinterpret_cast<const uint4*>(items + (size_t)row_b * dim + c * 128 + sub * 8);
+        }
+    }
+    exact_products(a, b, query_s, chunks, sa_out, sb_out);
 }
 
 // Replaces the entries cand[from .. to) (low 32 bits: NO_ITEM - index; key bits ignored) by
@@ -440,6 +451,28 @@ __device__ void exact_slow_path(unsigned long long* cand, const unsigned* __rest
 //               and fold.alpha, and block 0 writes it to fold.fused; `query` is unused
 //   codes:      [n_items, dim] int8 item codes (16-byte aligned rows), INT8 only
 //   bounds:     [n_items] (scale, residual norm, code norm, 0) per row, INT8 only
+// Calls emit(entry, slice_begin) for the leading entries of slice s's sorted list, from
+// position r on, whose key is nonzero and whose bin is at least min_bin, in list order.
+template <typename Emit>
+__device__ __forceinline__ void walk_list(const unsigned* __restrict__ lists, unsigned s,
+                                          unsigned r, unsigned slice, unsigned n_items,
+                                          unsigned min_bin, Emit emit) {
+    const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
+    for (; r < s_count; r += 4) {
+        const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
+        const unsigned e[4] = {v.x, v.y, v.z, v.w};
+        bool more = true;
+#pragma unroll
+        for (unsigned u = 0; u < 4; ++u) {
+            if (more && r + u < s_count && (e[u] >> 16) != 0u && (e[u] >> 20) >= min_bin)
+                emit(e[u], s_begin);
+            else
+                more = false;
+        }
+        if (!more) break;
+    }
+}
+
 // The fusion stage folded into the batch-1 kernel (GpuPath, one query without the cache):
 // the query embedding, the user table, the fusion records ([offsets; 2][members]), alpha, and
 // where the fused query goes for the rerank.
@@ -628,29 +661,8 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         for (unsigned first = warp * 4; first < count; first += GEMV_WARPS * 4) {
             if (first != warp * 4) load_rows(first);
             const unsigned row_a = first + side, row_b = first + 2 + side;
-            float sa = 0.0f, sb = 0.0f;
-#pragma unroll
-            for (unsigned c = 0; c < MAX_CHUNKS; ++c) {
-                if (c < chunks) {
-                    const float4 q0 = *reinterpret_cast<const float4*>(query_s + c * 128 + sub * 8);
-                    const float4 q1 = *reinterpret_cast<const float4*>(query_s + c * 128 + sub * 8 + 4);
-                    const float qv[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-                    const __half2* ha = reinterpret_cast<const __half2*>(&a[c]);
-                    const __half2* hb = reinterpret_cast<const __half2*>(&b[c]);
-#pragma unroll
-                    for (unsigned e = 0; e < 4; ++e) {
-                        const float2 fa = __half22float2(ha[e]), fb = __half22float2(hb[e]);
-                        sa = accumulate_pair(sa, qv[2 * e], fa.x, qv[2 * e + 1], fa.y);
-                        sb = accumulate_pair(sb, qv[2 * e], fb.x, qv[2 * e + 1], fb.y);
-                    }
-                }
-            }
-            // Sum over the 16 lanes of each half (xor offsets below 16 stay within the half).
-#pragma unroll
-            for (unsigned offset = 8; offset > 0; offset >>= 1) {
-                sa += __shfl_xor_sync(0xffffffffu, sa, offset);
-                sb += __shfl_xor_sync(0xffffffffu, sb, offset);
-            }
+            float sa, sb;
+            exact_products(a, b, query_s, chunks, &sa, &sb);
             if (sub == 0) {
                 if (row_a < count) {
                     const __half h = __float2half_rn(sa);
@@ -827,6 +839,15 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
     if (misc[2] == 0) return;
     unsigned* last_mark = trace ? trace + gridDim.x * 8 : nullptr;
     if (last_mark && t == 0) last_mark[0] = clock_mark();
+    auto mark_end = [&]() {
+        if (last_mark) {
+            __syncthreads();
+            if (t == 0) {
+                last_mark[3] = clock_mark();
+                last_mark[4] = global_mark();
+            }
+        }
+    };
 
     // The heads (first four entries) of slices t + j * ONE_THREADS and the histogram are
     // loaded together, one L2 round trip: the histogram as coalesced 16-byte vectors into
@@ -1021,23 +1042,11 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         // Then the rest: slices whose whole head cleared the bin (from entry 4 on) and slices
         // past the held ones.
         auto take_rest = [&](unsigned s, unsigned r) {
-            const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
-            for (; r < s_count; r += 4) {
-                const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
-                const unsigned e[4] = {v.x, v.y, v.z, v.w};
-                bool more = true;
-#pragma unroll
-                for (unsigned u = 0; u < 4; ++u) {
-                    if (more && r + u < s_count && (e[u] >> 16) != 0u && (e[u] >> 20) >= kth_bin) {
-                        const unsigned at = atomicAdd(&misc[8], 1u);
-                        if (at < CAND_CAP - UNSCORED_AT)
-                            cand[UNSCORED_AT + at] = pack(0u, entry_index(e[u], s_begin));
-                    } else {
-                        more = false;
-                    }
-                }
-                if (!more) break;
-            }
+            walk_list(lists, s, r, slice, n_items, kth_bin, [&](unsigned e, unsigned s_begin) {
+                const unsigned at = atomicAdd(&misc[8], 1u);
+                if (at < CAND_CAP - UNSCORED_AT)
+                    cand[UNSCORED_AT + at] = pack(0u, entry_index(e, s_begin));
+            });
         };
 #pragma unroll
         for (unsigned j = 0; j < HEADS_HELD; ++j)
@@ -1099,13 +1108,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         if (t == ONE_THREADS - 1) misc[10] = kept_through;
         __syncthreads();
         write_best(cand, misc[10], k_eff, k, out_ids, out_scores);
-        if (last_mark) {
-            __syncthreads();
-            if (t == 0) {
-                last_mark[3] = clock_mark();
-                last_mark[4] = global_mark();
-            }
-        }
+        mark_end();
         return;
     }
     if (above_bin + in_bin <= CAND_CAP) {
@@ -1146,21 +1149,9 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         // Then the rest, rare at this size: slices whose whole head cleared the bin (from
         // entry 4 on) and slices past the held ones (small slices of large catalogs).
         auto take_from = [&](unsigned s, unsigned r) {
-            const unsigned s_begin = s * slice, s_count = min(slice, n_items - s_begin);
-            for (; r < s_count; r += 4) {
-                const uint4 v = __ldcg(reinterpret_cast<const uint4*>(lists + s_begin + r));
-                const unsigned e[4] = {v.x, v.y, v.z, v.w};
-                bool more = true;
-#pragma unroll
-                for (unsigned u = 0; u < 4; ++u) {
-                    if (more && r + u < s_count && (e[u] >> 20) >= kth_bin) {
-                        cand[atomicAdd(&misc[7], 1u)] = pack(e[u] >> 16, entry_index(e[u], s_begin));
-                    } else {
-                        more = false;
-                    }
-                }
-                if (!more) break;
-            }
+            walk_list(lists, s, r, slice, n_items, kth_bin, [&](unsigned e, unsigned s_begin) {
+                cand[atomicAdd(&misc[7], 1u)] = pack(e >> 16, entry_index(e, s_begin));
+            });
         };
 #pragma unroll
         for (unsigned j = 0; j < HEADS_HELD; ++j)
@@ -1170,13 +1161,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         __syncthreads();
         if (last_mark && t == 0) last_mark[2] = clock_mark();
         write_best(cand, misc[7], k_eff, k, out_ids, out_scores);
-        if (last_mark) {
-            __syncthreads();
-            if (t == 0) {
-                last_mark[3] = clock_mark();
-                last_mark[4] = global_mark();
-            }
-        }
+        mark_end();
         return;
     }
 
@@ -1233,44 +1218,30 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         }
     }
     write_best(cand, k_eff, k_eff, k, out_ids, out_scores);
-    if (last_mark) {
-        __syncthreads();
-        if (t == 0) {
-            last_mark[3] = clock_mark();
-            last_mark[4] = global_mark();
-        }
-    }
+    mark_end();
 }
 
+// Both builds take the same parameters (the caller picks the function): `codes` and
+// `bounds` are read by the int8 build only, `scores` written by the fp16 build only.
+#define SIMILARITY_ONE_PARAMS                                                                  \
+    const __half *__restrict__ items, const int4 *__restrict__ codes,                         \
+        const float4 *__restrict__ bounds, unsigned n_items, const float *__restrict__ query,  \
+        unsigned dim, unsigned slice, const unsigned *__restrict__ exclude_user,               \
+        const unsigned *__restrict__ seen_offsets, const unsigned *__restrict__ seen_lens,     \
+        const unsigned *__restrict__ seen_items, unsigned k, __half *__restrict__ scores,      \
+        unsigned *__restrict__ workspace, unsigned *__restrict__ out_ids,                      \
+        float *__restrict__ out_scores, const Fold fold, unsigned *__restrict__ trace
+#define SIMILARITY_ONE_ARGS                                                                    \
+    items, codes, bounds, n_items, query, dim, slice, exclude_user, seen_offsets, seen_lens,  \
+        seen_items, k, scores, workspace, out_ids, out_scores, fold, trace
+
 extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
-similarity_top_k_one(const __half* __restrict__ items, unsigned n_items,
-                     const float* __restrict__ query, unsigned dim, unsigned slice,
-                     const unsigned* __restrict__ exclude_user,
-                     const unsigned* __restrict__ seen_offsets,
-                     const unsigned* __restrict__ seen_lens,
-                     const unsigned* __restrict__ seen_items, unsigned k,
-                     __half* __restrict__ scores, unsigned* __restrict__ workspace,
-                     unsigned* __restrict__ out_ids, float* __restrict__ out_scores,
-                     const Fold fold, unsigned* __restrict__ trace) {
-    similarity_top_k_body<false>(items, nullptr, nullptr, n_items, query, dim, slice,
-                                 exclude_user, seen_offsets, seen_lens, seen_items, k, scores,
-                                 workspace, out_ids, out_scores, fold, trace);
+similarity_top_k_one(SIMILARITY_ONE_PARAMS) {
+    similarity_top_k_body<false>(SIMILARITY_ONE_ARGS);
 }
 
-// The same selection from the int8 first pass: `items` (fp16) only for the rescoring, no
-// `scores` row. codes: [n_items, dim] int8; bounds: [n_items] float4 (see bound_of).
+// The same selection from the int8 first pass (the fp16 rows only for the rescoring).
 extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
-similarity_top_k_one_int8(const __half* __restrict__ items, const int4* __restrict__ codes,
-                          const float4* __restrict__ bounds, unsigned n_items,
-                          const float* __restrict__ query, unsigned dim, unsigned slice,
-                          const unsigned* __restrict__ exclude_user,
-                          const unsigned* __restrict__ seen_offsets,
-                          const unsigned* __restrict__ seen_lens,
-                          const unsigned* __restrict__ seen_items, unsigned k,
-                          unsigned* __restrict__ workspace, unsigned* __restrict__ out_ids,
-                          float* __restrict__ out_scores, const Fold fold,
-                          unsigned* __restrict__ trace) {
-    similarity_top_k_body<true>(items, codes, bounds, n_items, query, dim, slice, exclude_user,
-                                seen_offsets, seen_lens, seen_items, k, nullptr, workspace,
-                                out_ids, out_scores, fold, trace);
+similarity_top_k_one_int8(SIMILARITY_ONE_PARAMS) {
+    similarity_top_k_body<true>(SIMILARITY_ONE_ARGS);
 }

@@ -223,42 +223,13 @@ pub(crate) fn enqueue_fused(
     let (k_u, scores_ptr, workspace_ptr) =
         (k as u32, out.scores.device_ptr(), workspace.device_ptr());
     let (ids_ptr, top_ptr) = (out.ids.device_ptr(), out.top_scores.device_ptr());
-    if let Some(int8) = int8 {
-        let (codes_ptr, bounds_ptr) = (int8.codes.device_ptr(), int8.bounds.device_ptr());
-        let mut params = [
-            arg(&items_ptr),
-            arg(&codes_ptr),
-            arg(&bounds_ptr),
-            arg(&n_items_u),
-            arg(&query),
-            arg(&dim_u),
-            arg(&slice_u),
-            arg(&seen.users),
-            arg(&seen.offsets),
-            arg(&seen.lens),
-            arg(&seen.items),
-            arg(&k_u),
-            arg(&workspace_ptr),
-            arg(&ids_ptr),
-            arg(&top_ptr),
-            arg(&fold),
-            arg(&trace_ptr),
-        ];
-        // SAFETY: parameters match `similarity_top_k_one_int8`; as below, plus the codes
-        // (n_items * dim bytes, rows 16-byte aligned since dim is a multiple of 128) and the
-        // bounds (n_items * 4 floats), both checked above.
-        return unsafe {
-            cuda.launch(
-                &cuda.kernels.similarity_top_k_one_int8,
-                (plan.blocks as u32, 1, 1),
-                (THREADS, 1, 1),
-                0,
-                &mut params,
-            )
-        };
-    }
+    let (codes_ptr, bounds_ptr) = int8.map_or((0, 0), |int8| {
+        (int8.codes.device_ptr(), int8.bounds.device_ptr())
+    });
     let mut params = [
         arg(&items_ptr),
+        arg(&codes_ptr),
+        arg(&bounds_ptr),
         arg(&n_items_u),
         arg(&query),
         arg(&dim_u),
@@ -275,17 +246,24 @@ pub(crate) fn enqueue_fused(
         arg(&fold),
         arg(&trace_ptr),
     ];
-    // SAFETY: parameters match `similarity_top_k_one`; items hold n_items * dim halves, the
-    // query `dim` floats (the caller's buffer), scores a row of score_row_stride(n_items), the
-    // workspace the plan's words (zeroed when allocated), the outputs k entries; the seen
-    // source is null or a user row of its tables (the host writes only known rows or
-    // NO_ITEM); the trace, when given, holds (blocks + 1) * TRACE_WORDS words; a fold, when
-    // its users pointer is set, names the batch's query (dim floats), the user table, the
-    // fusion stage's records of one query whose members are table rows, and a fused row of
-    // dim floats (CudaFusion::fold_args).
+    let function = if int8.is_some() {
+        &cuda.kernels.similarity_top_k_one_int8
+    } else {
+        &cuda.kernels.similarity_top_k_one
+    };
+    // SAFETY: parameters match both builds of the kernel; items hold n_items * dim halves,
+    // the query `dim` floats (the caller's buffer), scores a row of score_row_stride(n_items)
+    // (fp16 build), the codes n_items * dim bytes with 16-byte aligned rows (dim a multiple of
+    // 128) and the bounds n_items * 4 floats (int8 build; both checked above), the workspace
+    // the plan's words (zeroed when allocated), the outputs k entries; the seen source is null
+    // or a user row of its tables (the host writes only known rows or NO_ITEM); the trace,
+    // when given, holds (blocks + 1) * TRACE_WORDS words; a fold, when its users pointer is
+    // set, names the batch's query (dim floats), the user table, the fusion stage's records
+    // of one query whose members are table rows, and a fused row of dim floats
+    // (CudaFusion::fold_args).
     unsafe {
         cuda.launch(
-            &cuda.kernels.similarity_top_k_one,
+            function,
             (plan.blocks as u32, 1, 1),
             (THREADS, 1, 1),
             0,
