@@ -3,7 +3,7 @@
 //! selection kernel; a batch of one query scores and selects in one fused kernel
 //! (`similarity_one`).
 
-use hyperrec_catalog::SharedUsers;
+use hyperrec_catalog::{SharedUsers, UserTable};
 use hyperrec_stage::{Batch, Event, Request, RequestNotes, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
@@ -510,15 +510,13 @@ impl CudaSimilarity {
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
         let users = self.users.read();
-        let exclude_seen = self.params.exclude_seen;
-        self.exclude_host.clear();
-        self.exclude_host
-            .extend(batch.notes.iter().zip(&batch.requests).map(
-                |(notes, request)| match notes.user {
-                    Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => user,
-                    _ => NO_ITEM,
-                },
-            ));
+        plan_exclusions(
+            &users,
+            self.params.exclude_seen,
+            &batch.requests,
+            &batch.notes,
+            &mut self.exclude_host,
+        );
         drop(users);
         cuda.ensure_len(&mut self.exclude, self.exclude_host.len())?;
         cuda.upload_at(&self.exclude_host, &mut self.exclude, 0)?;
@@ -530,30 +528,12 @@ impl CudaSimilarity {
     /// copy), so this copy runs while the device works.
     pub(crate) fn fill_notes(&self, batch: &mut Batch<Cuda>) {
         let users = self.users.read();
-        let exclude_seen = self.params.exclude_seen;
-        let fill = |notes: &mut [RequestNotes], requests: &[Request]| {
-            for (notes, request) in notes.iter_mut().zip(requests) {
-                notes.excluded.clear();
-                if let Some(user) = notes.user
-                    && excludes_seen(exclude_seen, request, user, users.len())
-                {
-                    notes.excluded.extend_from_slice(users.seen(user));
-                }
-            }
-        };
-        // Large batches copy their seen lists (random users' rows: cache misses) on the
-        // rayon pool: this runs on the host while the device works, and at 1000 queries a
-        // serial copy kept the host busier than the device in streamed batches.
-        if batch.len() >= PARALLEL_NOTES_BATCH {
-            use rayon::prelude::*;
-            batch
-                .notes
-                .par_chunks_mut(NOTES_CHUNK)
-                .zip(batch.requests.par_chunks(NOTES_CHUNK))
-                .for_each(|(notes, requests)| fill(notes, requests));
-        } else {
-            fill(&mut batch.notes, &batch.requests);
-        }
+        fill_excluded(
+            &users,
+            self.params.exclude_seen,
+            &batch.requests,
+            &mut batch.notes,
+        );
     }
 
     /// Device step: scores and selection.
@@ -729,6 +709,62 @@ impl CudaSimilarity {
                 + self.fused_one.allocated_bytes(),
             ..MemoryReport::default()
         }
+    }
+}
+
+/// Pre-launch host step of the similarity: per query, the user row whose seen set the
+/// device excludes, or [`NO_ITEM`] for none, into `out` (one upload).
+#[doc(hidden)]
+pub fn plan_exclusions(
+    users: &UserTable,
+    exclude_seen: bool,
+    requests: &[Request],
+    notes: &[RequestNotes],
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    out.extend(
+        notes
+            .iter()
+            .zip(requests)
+            .map(|(notes, request)| match notes.user {
+                Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => user,
+                _ => NO_ITEM,
+            }),
+    );
+}
+
+/// Post-launch host step of the similarity: `notes.excluded` (the seen items the device
+/// excluded, as the CPU stage reports them). Only the notes need the seen lists (the device
+/// reads its own copy), so this runs while the device works.
+#[doc(hidden)]
+pub fn fill_excluded(
+    users: &UserTable,
+    exclude_seen: bool,
+    requests: &[Request],
+    notes: &mut [RequestNotes],
+) {
+    let fill = |notes: &mut [RequestNotes], requests: &[Request]| {
+        for (notes, request) in notes.iter_mut().zip(requests) {
+            notes.excluded.clear();
+            if let Some(user) = notes.user
+                && excludes_seen(exclude_seen, request, user, users.len())
+            {
+                notes.excluded.extend_from_slice(users.seen(user));
+            }
+        }
+    };
+    // Large batches copy their seen lists (random users' rows: cache misses) on the
+    // rayon pool: this runs on the host while the device works, and at 1000 queries a
+    // serial copy kept the host busier than the device in streamed batches.
+    if notes.len() >= PARALLEL_NOTES_BATCH {
+        use rayon::prelude::*;
+        notes
+            .par_chunks_mut(NOTES_CHUNK)
+            .zip(requests.par_chunks(NOTES_CHUNK))
+            .for_each(|(notes, requests)| fill(notes, requests));
+    } else {
+        fill(notes, requests);
     }
 }
 
