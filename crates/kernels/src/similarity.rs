@@ -7,6 +7,7 @@ use hyperrec_catalog::{SharedUsers, UserTable};
 use hyperrec_stage::{Batch, Event, Request, RequestNotes, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, TOPK_MAX_SHARED_BYTES, arg};
+use crate::rerank::{TOUCH_AHEAD, touch_counts};
 use crate::similarity_batch::{self, ScoreGemm};
 use crate::similarity_one::{self, FusedOutputs, FusedWorkspace, SeenSource};
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
@@ -37,11 +38,6 @@ pub(crate) fn filter_capacity(k: usize) -> usize {
 pub fn topk_filter_shared_bytes(n_items: usize, k: usize) -> usize {
     filter_capacity(k) * 8 + 1024 * 8 + (32 + 16 + 16 + 256) * 4 + n_items.div_ceil(32) * 4
 }
-
-/// Batches from this size fill `notes.excluded` on the rayon pool, in chunks of
-/// `NOTES_CHUNK` queries.
-const PARALLEL_NOTES_BATCH: usize = 256;
-const NOTES_CHUNK: usize = 64;
 
 /// Up to this many rows, the threshold filter runs one 1024-thread block per row
 /// (`topk_filter_wide`): one block per SM at most, so it pays only while the rows do not
@@ -735,8 +731,9 @@ pub fn plan_exclusions(
 }
 
 /// Post-launch host step of the similarity: `notes.excluded` (the seen items the device
-/// excluded, as the CPU stage reports them). Only the notes need the seen lists (the device
-/// reads its own copy), so this runs while the device works.
+/// excluded, as the CPU stage reports them): the user table's snapshot of each user's seen
+/// set, shared, not copied, so a query costs one reference count. Serial for the reason
+/// `fill_sources` is.
 #[doc(hidden)]
 pub fn fill_excluded(
     users: &UserTable,
@@ -744,27 +741,27 @@ pub fn fill_excluded(
     requests: &[Request],
     notes: &mut [RequestNotes],
 ) {
-    let fill = |notes: &mut [RequestNotes], requests: &[Request]| {
-        for (notes, request) in notes.iter_mut().zip(requests) {
-            notes.excluded.clear();
-            if let Some(user) = notes.user
-                && excludes_seen(exclude_seen, request, user, users.len())
-            {
-                notes.excluded.extend_from_slice(users.seen(user));
-            }
+    let excluded = |notes: &RequestNotes, request: &Request| match notes.user {
+        Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => {
+            Some(users.shared_seen(user))
         }
+        _ => None,
     };
-    // Large batches copy their seen lists (random users' rows: cache misses) on the
-    // rayon pool: this runs on the host while the device works, and at 1000 queries a
-    // serial copy kept the host busier than the device in streamed batches.
-    if notes.len() >= PARALLEL_NOTES_BATCH {
-        use rayon::prelude::*;
-        notes
-            .par_chunks_mut(NOTES_CHUNK)
-            .zip(requests.par_chunks(NOTES_CHUNK))
-            .for_each(|(notes, requests)| fill(notes, requests));
-    } else {
-        fill(notes, requests);
+    for (requests, notes) in requests
+        .chunks(TOUCH_AHEAD)
+        .zip(notes.chunks_mut(TOUCH_AHEAD))
+    {
+        // Loaded counts first, as in `fill_sources`.
+        touch_counts(
+            notes
+                .iter()
+                .zip(requests)
+                .filter_map(|(notes, request)| excluded(notes, request)),
+        );
+        for (notes, request) in notes.iter_mut().zip(requests) {
+            notes.excluded =
+                excluded(notes, request).map_or_else(Default::default, |seen| seen.clone().into());
+        }
     }
 }
 
