@@ -315,6 +315,8 @@ fn same_phrases(a: &Context, b: &Context) -> bool {
 #[derive(Default)]
 struct ContextMemo<'a> {
     entries: Vec<(&'a Context, ContextPhrases)>,
+    /// Genre phrases are built here.
+    scratch: String,
     /// Entry replaced next when the memo is full (round robin).
     next: usize,
 }
@@ -329,13 +331,11 @@ impl<'a> ContextMemo<'a> {
         {
             Some(at) => at,
             None => {
-                let (rows, names): (Vec<u32>, Vec<Arc<str>>) =
-                    ContextVocabulary::phrases_for(context)
-                        .into_iter()
-                        .filter_map(|phrase| {
-                            phrases.row_of(&phrase).map(|row| (row, phrase.into()))
-                        })
-                        .unzip();
+                let (mut rows, mut names) = (Vec::new(), Vec::<Arc<str>>::new());
+                phrases.visit_rows(context, &mut self.scratch, |row, phrase| {
+                    rows.push(row);
+                    names.push(phrase.clone());
+                });
                 let entry = ContextPhrases {
                     rows,
                     phrases: names.into(),

@@ -233,7 +233,7 @@ impl Stage<Cpu> for AttentionRerank {
             context.clear();
             phrases.visit_rows(&request.context, &mut self.genre_scratch, |row, phrase| {
                 phrase_rows.push(row);
-                context.push(phrase.into());
+                context.push(phrase.clone());
             });
             self.phrase_starts.push(self.phrase_rows.len());
             // `recent_history` refused unknown rows: a user here is in the table.
