@@ -14,7 +14,7 @@ use crate::{CudaError, SharedTables};
 /// (or whose profiles cancel out) is a cold start with `fused = q`.
 ///
 /// Reads `query_embeddings`, `requests`; writes `fused` and `notes[i].{user, companions,
-/// cold_start}`. The host resolves who is in each request (hash lookups); one kernel does
+/// cold_start}`. The host resolves who is in each request (id lookups); one kernel does
 /// the arithmetic.
 pub struct CudaFusion {
     users: SharedUsers,
