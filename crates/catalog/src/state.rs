@@ -49,15 +49,9 @@ impl ItemEmbeddings {
     }
 }
 
-/// One rating or interaction in a user's history.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HistoryEntry {
-    pub item: ItemIndex,
-    /// Rating on the 0.5..=5.0 scale (implicit interactions mapped by `Interaction::as_rating`).
-    pub rating: f32,
-    /// Seconds since the Unix epoch.
-    pub timestamp: i64,
-}
+/// One rating or interaction in a user's history (defined in `hyperrec-stage`, where a
+/// request's explanation slots hold snapshots of histories).
+pub use hyperrec_stage::HistoryEntry;
 
 /// How a user's profile embedding is built from their history.
 ///
@@ -120,20 +114,41 @@ impl ProfileRule {
 }
 
 /// Every known user: profile embedding, full history (time order) and seen set.
+///
+/// Histories and seen sets are shared snapshots (`Arc<[_]>`): an event replaces the
+/// user's history and seen set with new ones instead of changing them in place, so a
+/// request's notes can hold the ones it was served with for the cost of a reference count
+/// ([`UserTable::shared_history`], [`UserTable::shared_seen`]); the copy an event makes is
+/// small next to the profile refresh it triggers anyway (`O(history * dim)`).
 #[derive(Clone, Debug)]
 pub struct UserTable {
     dim: usize,
     rule: ProfileRule,
     ids: Vec<UserId>,
     index_of: HashMap<UserId, UserIndex>,
+    /// `dense[id]` = the row of user id `id`, or [`NO_ROW`], for ids below `dense.len()`
+    /// (ids of a dense range, as MovieLens and the generator use, when the table is built):
+    /// one array read per lookup instead of hashing, which the GPU path does for every
+    /// request of a batch before the launch. Ids past it are in `index_of` only; every id
+    /// below it is in both.
+    dense: Vec<UserIndex>,
     /// `[n_users, dim]`; zero rows for users without a profile.
     embeddings: Vec<f32>,
     has_profile: Vec<bool>,
     /// Each user's interactions sorted by (timestamp, item).
-    histories: Vec<Vec<HistoryEntry>>,
+    histories: Vec<Arc<[HistoryEntry]>>,
     /// Each user's rated items, sorted and deduplicated, for exclusion by binary search.
-    seen: Vec<Vec<ItemIndex>>,
+    seen: Vec<Arc<[ItemIndex]>>,
 }
+
+/// Entry of `UserTable::dense` for an id without a row.
+const NO_ROW: UserIndex = UserIndex::MAX;
+
+/// Ids a dense lookup array covers at most, relative to the users it is built for: ids
+/// up to `DENSE_SLACK * users + DENSE_EXTRA` (at most 4 bytes per possible id, so at most
+/// `4 * DENSE_SLACK` bytes per user plus 256 KiB); sparser ids are hashed.
+const DENSE_SLACK: usize = 4;
+const DENSE_EXTRA: usize = 1 << 16;
 
 impl UserTable {
     /// Builds the table from each user's history and computes every profile.
@@ -150,6 +165,7 @@ impl UserTable {
             index_of: HashMap::with_capacity(users.len()),
             embeddings: vec![0.0; users.len() * dim],
             has_profile: vec![false; users.len()],
+            dense: Vec::new(),
             histories: Vec::with_capacity(users.len()),
             seen: Vec::with_capacity(users.len()),
         };
@@ -158,10 +174,20 @@ impl UserTable {
             let mut seen: Vec<ItemIndex> = history.iter().map(|h| h.item).collect();
             seen.sort_unstable();
             seen.dedup();
+            // A duplicate id keeps its last row, as the map does.
             table.index_of.insert(id, table.ids.len() as UserIndex);
             table.ids.push(id);
-            table.histories.push(history);
-            table.seen.push(seen);
+            table.histories.push(history.into());
+            table.seen.push(seen.into());
+        }
+        let max_id = table.ids.iter().map(|id| id.0 as usize).max();
+        if let Some(max_id) = max_id
+            && max_id < DENSE_SLACK * table.ids.len() + DENSE_EXTRA
+        {
+            table.dense = vec![NO_ROW; max_id + 1];
+            for (&id, &row) in &table.index_of {
+                table.dense[id.0 as usize] = row;
+            }
         }
         for user in 0..table.ids.len() {
             table.refresh_profile(user as UserIndex, items);
@@ -186,7 +212,10 @@ impl UserTable {
     }
 
     pub fn index_of(&self, id: UserId) -> Option<UserIndex> {
-        self.index_of.get(&id).copied()
+        match self.dense.get(id.0 as usize) {
+            Some(&row) => (row != NO_ROW).then_some(row),
+            None => self.index_of.get(&id).copied(),
+        }
     }
 
     pub fn id(&self, user: UserIndex) -> UserId {
@@ -215,8 +244,20 @@ impl UserTable {
         &history[history.len().saturating_sub(n)..]
     }
 
+    /// The user's whole history as a shared snapshot: later events replace it in the
+    /// table, they never change this one.
+    pub fn shared_history(&self, user: UserIndex) -> &Arc<[HistoryEntry]> {
+        &self.histories[user as usize]
+    }
+
     /// Items the user has rated, sorted ascending.
     pub fn seen(&self, user: UserIndex) -> &[ItemIndex] {
+        &self.seen[user as usize]
+    }
+
+    /// [`UserTable::seen`] as a shared snapshot: later events replace it in the table,
+    /// they never change this one.
+    pub fn shared_seen(&self, user: UserIndex) -> &Arc<[ItemIndex]> {
         &self.seen[user as usize]
     }
 
@@ -233,20 +274,35 @@ impl UserTable {
                 let user = self.ids.len() as UserIndex;
                 self.ids.push(id);
                 self.index_of.insert(id, user);
+                if let Some(row) = self.dense.get_mut(id.0 as usize) {
+                    *row = user;
+                }
                 self.embeddings.extend(std::iter::repeat_n(0.0, self.dim));
                 self.has_profile.push(false);
-                self.histories.push(Vec::new());
-                self.seen.push(Vec::new());
+                self.histories.push(Arc::default());
+                self.seen.push(Arc::default());
                 user
             }
         };
         let u = user as usize;
-        let history = &mut self.histories[u];
+        // New snapshots, not edits: notes of earlier requests may hold the old ones.
+        let history = &self.histories[u];
         let at =
             history.partition_point(|h| (h.timestamp, h.item) <= (entry.timestamp, entry.item));
-        history.insert(at, entry);
-        if let Err(at) = self.seen[u].binary_search(&entry.item) {
-            self.seen[u].insert(at, entry.item);
+        self.histories[u] = history[..at]
+            .iter()
+            .chain(std::iter::once(&entry))
+            .chain(&history[at..])
+            .copied()
+            .collect();
+        let seen = &self.seen[u];
+        if let Err(at) = seen.binary_search(&entry.item) {
+            self.seen[u] = seen[..at]
+                .iter()
+                .chain(std::iter::once(&entry.item))
+                .chain(&seen[at..])
+                .copied()
+                .collect();
         }
         self.refresh_profile(user, items);
         user
@@ -327,5 +383,72 @@ mod tests {
         let new_user = table.apply(UserId(99), entry(1, 4.5, 30), &items);
         assert_eq!(table.len(), 2);
         assert!(table.embedding(new_user).expect("profile")[1] > 0.99);
+    }
+
+    /// `index_of` (dense array or hash map) agrees with a plain map of every id, for ids
+    /// dense enough for the array and for sparse ones, after events add users inside and
+    /// outside the array's range and an id appears twice at build.
+    #[test]
+    fn index_of_matches_a_map_for_dense_and_sparse_ids() {
+        use rand::{Rng, SeedableRng};
+        let items = items();
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for spread in [1u32, 3, 1000, u32::MAX / 600] {
+            let mut ids: Vec<u32> = (0..500)
+                .map(|_| rng.random_range(0..500 * spread))
+                .collect();
+            ids.push(ids[0]);
+            let users = ids
+                .iter()
+                .map(|&id| (UserId(id), vec![entry(rng.random_range(0..3), 5.0, 1)]))
+                .collect();
+            let mut table = UserTable::build(users, &items, ProfileRule::default());
+            let mut reference: HashMap<u32, UserIndex> = HashMap::new();
+            for (row, &id) in ids.iter().enumerate() {
+                reference.insert(id, row as UserIndex);
+            }
+            for _ in 0..50 {
+                let id = rng.random_range(0..1000 * spread.min(u32::MAX / 1000));
+                let row = table.apply(UserId(id), entry(1, 4.0, 2), &items);
+                assert_eq!(*reference.entry(id).or_insert(row), row, "seed {seed}");
+            }
+            for id in (0..2000).map(|_| rng.random_range(0..1000 * spread.min(u32::MAX / 1000))) {
+                let expected = reference.get(&id).copied();
+                assert_eq!(table.index_of(UserId(id)), expected, "seed {seed}, id {id}");
+            }
+            for (&id, &row) in &reference {
+                assert_eq!(
+                    table.index_of(UserId(id)),
+                    Some(row),
+                    "seed {seed}, id {id}"
+                );
+            }
+        }
+    }
+
+    /// A snapshot handed out before an event keeps its contents; the table's new history
+    /// and seen set have the event, in order.
+    #[test]
+    fn snapshots_outlive_events_unchanged() {
+        let items = items();
+        let mut table = UserTable::build(
+            vec![(UserId(3), vec![entry(2, 5.0, 10), entry(0, 4.0, 30)])],
+            &items,
+            ProfileRule::default(),
+        );
+        let user = table.index_of(UserId(3)).expect("known");
+        let (history, seen) = (
+            table.shared_history(user).clone(),
+            table.shared_seen(user).clone(),
+        );
+        table.apply(UserId(3), entry(1, 5.0, 20), &items);
+        table.apply(UserId(3), entry(2, 1.0, 40), &items);
+        let items_of = |h: &[HistoryEntry]| h.iter().map(|e| e.item).collect::<Vec<_>>();
+        assert_eq!(items_of(&history), [2, 0]);
+        assert_eq!(&seen[..], [0, 2]);
+        assert_eq!(items_of(table.history(user)), [2, 1, 0, 2]);
+        assert_eq!(table.seen(user), [0, 1, 2]);
+        assert_eq!(table.shared_seen(user)[..], *table.seen(user));
     }
 }

@@ -10,6 +10,14 @@
 //! launch). Notes start empty each batch, as after `Batch::reset` in the pipeline.
 //! Users: 100,000 with 50-item histories (the gpu-bench set-up); item vectors are 8 wide
 //! since the host step never reads them.
+//!
+//! Every step also has its similarity counterpart (`plan_exclusions` before the launch,
+//! `fill_excluded` = `CudaSimilarity::fill_notes` after it), and "all host steps" runs the
+//! whole per-batch host work of `GpuPath::run` in steady state: the notes of the previous
+//! batch dropped and reset (as `Batch::reset` does), fusion, similarity and rerank plans,
+//! then both note fills. Each iteration takes the next of `ROTATE` batches of distinct
+//! random users, so the users' rows are not all in the caches from the previous
+//! iteration, as in serving (a batch's users are mostly not the previous batch's).
 
 use std::hint::black_box;
 
@@ -18,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, UserTable};
-use hyperrec_kernels::{fill_sources, plan_members, plan_sources};
+use hyperrec_kernels::{fill_excluded, fill_sources, plan_exclusions, plan_members, plan_sources};
 use hyperrec_rerank::{ContextVocabulary, PhraseTable};
 use hyperrec_stage::{Context, Request, RequestNotes, Social, Source, TimeOfDay, UserId};
 
@@ -27,12 +35,18 @@ const WIDTH: usize = 8;
 const N_USERS: usize = 100_000;
 const HISTORY: usize = 50;
 const BATCH: usize = 1000;
+/// Batches each bench cycles through (50,000 requests: half the users).
+const ROTATE: usize = 50;
 
-fn setup() -> (
+/// The user table, the phrase vocabulary, and `ROTATE` batches of `batch` requests each
+/// with their notes as fusion leaves them (`user` set).
+fn setup(
+    batch: usize,
+) -> (
     UserTable,
     ContextVocabulary,
-    Vec<Request>,
-    Vec<RequestNotes>,
+    Vec<Vec<Request>>,
+    Vec<Vec<RequestNotes>>,
 ) {
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let data: Vec<f32> = (0..N_ITEMS * WIDTH)
@@ -61,54 +75,75 @@ fn setup() -> (
         .map(|phrase| (phrase, vec![1.0f32; WIDTH]))
         .collect();
     let vocabulary = ContextVocabulary::new(entries).expect("vocabulary");
-    let requests: Vec<Request> = (0..BATCH)
-        .map(|i| Request {
-            user: UserId(rng.random_range(0..N_USERS as u32)),
-            query: format!("q{i}"),
-            context: Context {
-                time_of_day: Some(TimeOfDay::Evening),
-                social: Some(Social::Alone),
-                genres: vec![genres[i % 2].clone()],
-                ..Context::default()
-            },
-            k: 10,
-            exclude_seen: true,
+    let mut user = || UserId(rng.random_range(0..N_USERS as u32));
+    let requests: Vec<Vec<Request>> = (0..ROTATE)
+        .map(|_| {
+            (0..batch)
+                .map(|i| Request {
+                    user: user(),
+                    query: format!("q{i}"),
+                    context: Context {
+                        time_of_day: Some(TimeOfDay::Evening),
+                        social: Some(Social::Alone),
+                        genres: vec![genres[i % 2].clone()],
+                        // One request in eight is a group: two companions.
+                        companions: if i % 8 == 7 {
+                            vec![user(), user()]
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                    k: 10,
+                    exclude_seen: true,
+                })
+                .collect()
         })
         .collect();
     let notes = requests
         .iter()
-        .map(|request| RequestNotes {
-            user: users.index_of(request.user),
-            ..RequestNotes::default()
+        .map(|requests| {
+            requests
+                .iter()
+                .map(|request| RequestNotes {
+                    user: users.index_of(request.user),
+                    ..RequestNotes::default()
+                })
+                .collect()
         })
         .collect();
     (users, vocabulary, requests, notes)
 }
 
-/// The host step's shape before gpu5, kept here as the comparison point.
+/// Index of the next batch of the rotation.
+fn next(at: &mut usize) -> usize {
+    *at = (*at + 1) % ROTATE;
+    *at
+}
+
+/// The host step's shape before gpu5, kept here as the comparison point (its slots are
+/// written as the lists `notes.sources` was then, into `sources`).
 fn per_query_baseline(
     users: &UserTable,
     phrases: &PhraseTable,
     requests: &[Request],
-    notes: &mut [RequestNotes],
+    notes: &[RequestNotes],
+    sources: &mut [Vec<Source>],
     records: &mut [Vec<u32>; 5],
 ) -> usize {
     records.iter_mut().for_each(Vec::clear);
     records[3].push(0);
     let mut slots = 0;
-    for (request, notes) in requests.iter().zip(notes.iter_mut()) {
-        notes.sources.clear();
+    for ((request, notes), sources) in requests.iter().zip(notes).zip(sources.iter_mut()) {
+        sources.clear();
         let history = notes
             .user
             .map_or(&[][..], |user| users.recent(user, HISTORY));
         let mut context_rows = Vec::new();
-        notes
-            .sources
-            .extend(history.iter().map(|h| Source::HistoryItem(h.item)));
+        sources.extend(history.iter().map(|h| Source::HistoryItem(h.item)));
         for phrase in ContextVocabulary::phrases_for(&request.context) {
             if let Some(row) = phrases.row_of(&phrase) {
                 context_rows.push(row);
-                notes.sources.push(Source::Context(phrase.into()));
+                sources.push(Source::Context(phrase.into()));
             }
         }
         records[0].push(notes.user.unwrap_or(u32::MAX));
@@ -117,26 +152,28 @@ fn per_query_baseline(
         records[4].extend_from_slice(&context_rows);
         let offset = records[4].len() as u32;
         records[3].push(offset);
-        slots = slots.max(notes.sources.len());
+        slots = slots.max(sources.len());
     }
     slots
 }
 
 fn host_prep(c: &mut Criterion) {
-    let (users, vocabulary, requests, notes) = setup();
+    let (users, vocabulary, requests, notes) = setup(BATCH);
     let phrases = vocabulary.read();
+    let mut at = 0;
     let mut group = c.benchmark_group("rerank host step, batch 1000");
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut packed = Vec::new();
     group.bench_function("plan_sources (before the launch)", |b| {
         b.iter(|| {
+            let i = next(&mut at);
             plan_sources(
                 &users,
                 &phrases,
                 HISTORY,
                 HISTORY,
-                &requests,
-                &notes,
+                &requests[i],
+                &notes[i],
                 &mut packed,
             )
             .expect("sources fit")
@@ -144,24 +181,49 @@ fn host_prep(c: &mut Criterion) {
     });
     group.bench_function("fill_sources (after the launch)", |b| {
         b.iter_batched_ref(
-            || notes.clone(),
-            |notes| fill_sources(&users, &phrases, HISTORY, &requests, notes),
+            || {
+                let i = next(&mut at);
+                (i, notes[i].clone())
+            },
+            |(i, notes)| fill_sources(&users, &phrases, HISTORY, &requests[*i], notes),
             BatchSize::LargeInput,
         )
     });
     let mut records: [Vec<u32>; 5] = Default::default();
     group.bench_function("per_query_baseline", |b| {
         b.iter_batched_ref(
-            || notes.clone(),
-            |notes| {
+            || (next(&mut at), vec![Vec::new(); BATCH]),
+            |(i, sources)| {
                 black_box(per_query_baseline(
                     &users,
                     &phrases,
-                    &requests,
-                    notes,
+                    &requests[*i],
+                    &notes[*i],
+                    sources,
                     &mut records,
                 ))
             },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("similarity host step, batch 1000");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut exclude = Vec::new();
+    group.bench_function("plan_exclusions (before the launch)", |b| {
+        b.iter(|| {
+            let i = next(&mut at);
+            plan_exclusions(&users, true, &requests[i], &notes[i], &mut exclude)
+        })
+    });
+    group.bench_function("fill_excluded (after the launch)", |b| {
+        b.iter_batched_ref(
+            || {
+                let i = next(&mut at);
+                (i, notes[i].clone())
+            },
+            |(i, notes)| fill_excluded(&users, true, &requests[*i], notes),
             BatchSize::LargeInput,
         )
     });
@@ -172,10 +234,62 @@ fn host_prep(c: &mut Criterion) {
     let (mut offsets, mut members) = (Vec::new(), Vec::new());
     group.bench_function("plan_members (before the launch)", |b| {
         b.iter_batched_ref(
-            || notes.clone(),
-            |notes| plan_members(&users, &requests, notes, &mut offsets, &mut members),
+            || {
+                let i = next(&mut at);
+                (i, notes[i].clone())
+            },
+            |(i, notes)| plan_members(&users, &requests[*i], notes, &mut offsets, &mut members),
             BatchSize::LargeInput,
         )
+    });
+    group.finish();
+    drop(phrases);
+
+    all_steps(c, "all host steps, batch 1000", users, vocabulary, requests);
+    let (users, vocabulary, requests, _) = setup(1);
+    all_steps(c, "all host steps, batch 1", users, vocabulary, requests);
+}
+
+/// The whole per-batch host work of `GpuPath::run` in steady state, each iteration on the
+/// next batch of the rotation: the previous batch's notes dropped and reset as
+/// `Batch::reset` does, the three plans before the launch, the two note fills after it.
+fn all_steps(
+    c: &mut Criterion,
+    name: &str,
+    users: UserTable,
+    vocabulary: ContextVocabulary,
+    requests: Vec<Vec<Request>>,
+) {
+    let phrases = vocabulary.read();
+    let n = requests[0].len();
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(n as u64));
+    let (mut offsets, mut members, mut exclude, mut packed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut notes: Vec<RequestNotes> = Vec::new();
+    let mut at = 0;
+    group.bench_function("reset + plans + fills", |b| {
+        b.iter(|| {
+            let i = next(&mut at);
+            let requests = &requests[i];
+            notes.clear();
+            notes.resize(n, RequestNotes::default());
+            plan_members(&users, requests, &mut notes, &mut offsets, &mut members);
+            plan_exclusions(&users, true, requests, &notes, &mut exclude);
+            let slots = plan_sources(
+                &users,
+                &phrases,
+                HISTORY,
+                HISTORY,
+                requests,
+                &notes,
+                &mut packed,
+            )
+            .expect("sources fit");
+            fill_excluded(&users, true, requests, &mut notes);
+            fill_sources(&users, &phrases, HISTORY, requests, &mut notes);
+            black_box(slots)
+        })
     });
     group.finish();
 }

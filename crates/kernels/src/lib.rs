@@ -57,8 +57,9 @@ pub use rerank::{
 };
 #[cfg(feature = "cuda")]
 pub use similarity::{
-    CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, score_all_items,
-    score_row_stride, topk_filter_shared_bytes, topk_shared_bytes,
+    CudaSimilarity, MAX_CANDIDATES, SimilarityParams, TopK, TopKStrategy, fill_excluded,
+    plan_exclusions, score_all_items, score_row_stride, topk_filter_shared_bytes,
+    topk_shared_bytes,
 };
 #[cfg(feature = "cuda")]
 pub use similarity_batch::{ScoreGemm, score_all_items_with};

@@ -3,10 +3,11 @@
 //! selection kernel; a batch of one query scores and selects in one fused kernel
 //! (`similarity_one`).
 
-use hyperrec_catalog::SharedUsers;
+use hyperrec_catalog::{SharedUsers, UserTable};
 use hyperrec_stage::{Batch, Event, Request, RequestNotes, Stage, StageError, UserIndex};
 
 use crate::device::{Cuda, CudaBuffer, StageRecords, TOPK_MAX_SHARED_BYTES, arg};
+use crate::rerank::{TOUCH_AHEAD, touch_counts};
 use crate::similarity_batch::{self, ScoreGemm};
 use crate::similarity_one::{
     self, FoldedFusion, FusedOutputs, FusedWorkspace, Int8Items, OnePass, SeenSource,
@@ -39,11 +40,6 @@ pub(crate) fn filter_capacity(k: usize) -> usize {
 pub fn topk_filter_shared_bytes(n_items: usize, k: usize) -> usize {
     filter_capacity(k) * 8 + 1024 * 8 + (32 + 16 + 16 + 256) * 4 + n_items.div_ceil(32) * 4
 }
-
-/// Batches from this size fill `notes.excluded` on the rayon pool, in chunks of
-/// `NOTES_CHUNK` queries.
-const PARALLEL_NOTES_BATCH: usize = 256;
-const NOTES_CHUNK: usize = 64;
 
 /// Up to this many rows, the threshold filter runs one 1024-thread block per row
 /// (`topk_filter_wide`): one block per SM at most, so it pays only while the rows do not
@@ -529,18 +525,12 @@ impl CudaSimilarity {
     /// uploaded (`GpuPath` uploads every stage's records in one copy and places them).
     pub(crate) fn plan(&mut self, batch: &Batch<Cuda>) {
         let users = self.users.read();
-        let exclude_seen = self.params.exclude_seen;
-        let exclude = self.exclude.host_mut();
-        exclude.clear();
-        exclude.extend(
-            batch
-                .notes
-                .iter()
-                .zip(&batch.requests)
-                .map(|(notes, request)| match notes.user {
-                    Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => user,
-                    _ => NO_ITEM,
-                }),
+        plan_exclusions(
+            &users,
+            self.params.exclude_seen,
+            &batch.requests,
+            &batch.notes,
+            self.exclude.host_mut(),
         );
     }
 
@@ -554,30 +544,12 @@ impl CudaSimilarity {
     /// copy), so this copy runs while the device works.
     pub(crate) fn fill_notes(&self, batch: &mut Batch<Cuda>) {
         let users = self.users.read();
-        let exclude_seen = self.params.exclude_seen;
-        let fill = |notes: &mut [RequestNotes], requests: &[Request]| {
-            for (notes, request) in notes.iter_mut().zip(requests) {
-                notes.excluded.clear();
-                if let Some(user) = notes.user
-                    && excludes_seen(exclude_seen, request, user, users.len())
-                {
-                    notes.excluded.extend_from_slice(users.seen(user));
-                }
-            }
-        };
-        // Large batches copy their seen lists (random users' rows: cache misses) on the
-        // rayon pool: this runs on the host while the device works, and at 1000 queries a
-        // serial copy kept the host busier than the device in streamed batches.
-        if batch.len() >= PARALLEL_NOTES_BATCH {
-            use rayon::prelude::*;
-            batch
-                .notes
-                .par_chunks_mut(NOTES_CHUNK)
-                .zip(batch.requests.par_chunks(NOTES_CHUNK))
-                .for_each(|(notes, requests)| fill(notes, requests));
-        } else {
-            fill(&mut batch.notes, &batch.requests);
-        }
+        fill_excluded(
+            &users,
+            self.params.exclude_seen,
+            &batch.requests,
+            &mut batch.notes,
+        );
     }
 
     /// Device step: scores and selection.
@@ -810,6 +782,63 @@ impl CudaSimilarity {
                 + self.exclude.allocated_bytes()
                 + self.fused_one.allocated_bytes(),
             ..MemoryReport::default()
+        }
+    }
+}
+
+/// Pre-launch host step of the similarity: per query, the user row whose seen set the
+/// device excludes, or [`NO_ITEM`] for none, into `out` (one upload).
+#[doc(hidden)]
+pub fn plan_exclusions(
+    users: &UserTable,
+    exclude_seen: bool,
+    requests: &[Request],
+    notes: &[RequestNotes],
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    out.extend(
+        notes
+            .iter()
+            .zip(requests)
+            .map(|(notes, request)| match notes.user {
+                Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => user,
+                _ => NO_ITEM,
+            }),
+    );
+}
+
+/// Post-launch host step of the similarity: `notes.excluded` (the seen items the device
+/// excluded, as the CPU stage reports them): the user table's snapshot of each user's seen
+/// set, shared, not copied, so a query costs one reference count. Serial for the reason
+/// `fill_sources` is.
+#[doc(hidden)]
+pub fn fill_excluded(
+    users: &UserTable,
+    exclude_seen: bool,
+    requests: &[Request],
+    notes: &mut [RequestNotes],
+) {
+    let excluded = |notes: &RequestNotes, request: &Request| match notes.user {
+        Some(user) if excludes_seen(exclude_seen, request, user, users.len()) => {
+            Some(users.shared_seen(user))
+        }
+        _ => None,
+    };
+    for (requests, notes) in requests
+        .chunks(TOUCH_AHEAD)
+        .zip(notes.chunks_mut(TOUCH_AHEAD))
+    {
+        // Loaded counts first, as in `fill_sources`.
+        touch_counts(
+            notes
+                .iter()
+                .zip(requests)
+                .filter_map(|(notes, request)| excluded(notes, request)),
+        );
+        for (notes, request) in notes.iter_mut().zip(requests) {
+            notes.excluded =
+                excluded(notes, request).map_or_else(Default::default, |seen| seen.clone().into());
         }
     }
 }

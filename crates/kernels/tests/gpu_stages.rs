@@ -639,7 +639,7 @@ fn rerank_matches_the_cpu_stage() {
         case(true, 4, 5, 128, 128, 128, 50),
         case(false, 4, 9, 10, 200, 200, 50),
         case(true, 4, 3, 10, 200, 200, 58),
-        // >= 256 queries: the notes' sources are filled on the rayon pool.
+        // 300 queries: the fills span many runs of their shared-reference loads.
         case(true, 4, 300, 10, 100, 100, 58),
         case(false, 4, 300, 10, 100, 100, 50),
     ] {

@@ -174,7 +174,9 @@ impl GpuBackend {
         host.result_scores = scores;
         host.result_retrieval_scores = retrieval;
         host.result_attributions = attributions;
-        host.notes = batch.notes[..n].to_vec();
+        // Moved, not cloned: the next batch of this bucket resets the notes anyway, and a
+        // clone would count a reference to every request's history and seen set again.
+        host.notes = batch.notes.drain(..n).collect();
         Ok(elapsed)
     }
 

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyperrec_catalog::Catalog;
-use hyperrec_stage::{Batch, Cpu, DeviceKind, ItemId, ItemIndex, Source};
+use hyperrec_stage::{Batch, Cpu, DeviceKind, ItemId, ItemIndex, Source, Sources};
 use serde::Serialize;
 
 /// One contribution to a recommendation, rendered for people and machines.
@@ -140,8 +140,8 @@ pub(crate) fn collect(
         .collect()
 }
 
-/// The strongest contributions among `weights` (slot s is `sources[s]`).
-fn explain(catalog: &Catalog, sources: &[Source], weights: &[f32]) -> Vec<ResponseContribution> {
+/// The strongest contributions among `weights` (slot s is `sources.get(s)`).
+fn explain(catalog: &Catalog, sources: &Sources, weights: &[f32]) -> Vec<ResponseContribution> {
     let mut order: Vec<usize> = (0..sources.len().min(weights.len()))
         .filter(|&s| weights[s] > 0.0)
         .collect();
@@ -149,9 +149,10 @@ fn explain(catalog: &Catalog, sources: &[Source], weights: &[f32]) -> Vec<Respon
     order
         .into_iter()
         .take(CONTRIBUTIONS_SHOWN)
-        .map(|s| match &sources[s] {
+        .filter_map(|s| sources.get(s).map(|source| (s, source)))
+        .map(|(s, source)| match source {
             Source::HistoryItem(item) => {
-                let entry = catalog.item(*item);
+                let entry = catalog.item(item);
                 ResponseContribution {
                     kind: "history",
                     item: Some(entry.id),

@@ -12,7 +12,7 @@
 //! `result_retrieval_scores` (`[n, results]`, padded with `u32::MAX` / `-inf` like the
 //! candidates), `slots` (the most sources any query of the batch has), `result_attributions`
 //! (`[n, results, slots]`, zero in padding slots) and `notes[i].sources`: slot `s` of query
-//! `i` is `notes[i].sources[s]`, the user's `history_len` most recent history items oldest
+//! `i` is `notes[i].sources.get(s)`, the user's `history_len` most recent history items oldest
 //! first, then the context phrases of [`ContextVocabulary::phrases_for`] that the vocabulary
 //! holds (a phrase it lacks is skipped).
 //!

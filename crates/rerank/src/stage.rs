@@ -155,7 +155,11 @@ impl AttentionRerank {
             .result_attributions
             .get(start..start + batch.slots)
             .unwrap_or(&[]);
-        explain(&notes.sources, weights, self.config.top_contributions)
+        explain(
+            &notes.sources.to_vec(),
+            weights,
+            self.config.top_contributions,
+        )
     }
 
     /// Bytes of the projected item and phrase tables the stage holds (zero with the
@@ -219,19 +223,28 @@ impl Stage<Cpu> for AttentionRerank {
         self.phrase_starts.clear();
         self.phrase_starts.push(0);
         let mut slots = 0;
+        let mut context: Vec<Arc<str>> = Vec::new();
         for (query, (request, notes)) in batch.requests.iter().zip(&mut batch.notes).enumerate() {
             let history = recent_history(&users, notes, self.config.history_len)?;
-            notes.sources.clear();
             for entry in history {
                 check_item(entry.item)?;
-                notes.sources.push(Source::HistoryItem(entry.item));
             }
             let phrase_rows = &mut self.phrase_rows;
+            context.clear();
             phrases.visit_rows(&request.context, &mut self.genre_scratch, |row, phrase| {
                 phrase_rows.push(row);
-                notes.sources.push(Source::Context(phrase.into()));
+                context.push(phrase.clone());
             });
             self.phrase_starts.push(self.phrase_rows.len());
+            // `recent_history` refused unknown rows: a user here is in the table.
+            let snapshot = notes
+                .user
+                .map_or_else(Arc::default, |user| users.shared_history(user).clone());
+            notes.sources = hyperrec_stage::Sources::new(
+                snapshot,
+                self.config.history_len,
+                context.as_slice().into(),
+            );
             slots = slots.max(notes.sources.len());
             let start = query * batch.candidates;
             for &item in &batch.candidate_ids[start..start + reranked] {

@@ -11,6 +11,7 @@
 //! [`ContextVocabulary::insert`] it before the batch runs ([`ContextVocabulary::missing_for`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
@@ -64,7 +65,8 @@ pub struct ContextVocabulary {
 #[derive(Clone, Debug)]
 pub struct PhraseTable {
     dim: usize,
-    phrases: Vec<String>,
+    /// Shared, so a request's explanation slots name a phrase without copying it.
+    phrases: Vec<Arc<str>>,
     row_of: HashMap<String, u32>,
     /// `[phrases.len(), dim]`, row-major.
     embeddings: Vec<f32>,
@@ -110,18 +112,19 @@ impl PhraseTable {
         self.version
     }
 
-    /// Calls `visit` with the row and phrase of every phrase of `context` found in the
-    /// table, in [`ContextVocabulary::phrases_for`] order, reusing `scratch` for genre
-    /// phrases so the rerank hot path does not allocate.
-    pub(crate) fn visit_rows(
+    /// Calls `visit` with the row and (shared) phrase of every phrase of `context` found in
+    /// the table, in [`ContextVocabulary::phrases_for`] order, reusing `scratch` for genre
+    /// phrases: the rerank hot paths (this crate's and the GPU's) allocate nothing.
+    #[doc(hidden)]
+    pub fn visit_rows(
         &self,
         context: &Context,
         scratch: &mut String,
-        mut visit: impl FnMut(u32, &str),
+        mut visit: impl FnMut(u32, &Arc<str>),
     ) {
         visit_phrases(context, scratch, |phrase| {
             if let Some(row) = self.row_of(phrase) {
-                visit(row, self.phrase(row));
+                visit(row, &self.phrases[row as usize]);
             }
         });
     }
@@ -153,7 +156,7 @@ impl PhraseTable {
                 self.embeddings
                     .resize(self.embeddings.len() + self.dim, 0.0);
                 self.row_of.insert(phrase.clone(), row);
-                self.phrases.push(phrase);
+                self.phrases.push(phrase.as_str().into());
                 row
             }
         };

@@ -650,7 +650,7 @@ fn explanations_point_at_the_sources_a_candidate_resembles() {
         }],
     );
     stage.run(&Cpu, &mut batch).expect("run");
-    let sources = &batch.notes[0].sources;
+    let sources = batch.notes[0].sources.to_vec();
     assert_eq!(sources.len(), 12);
     let strongest = |weights: &[f32], slots: std::ops::Range<usize>| {
         slots

@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use hyperrec_catalog::{ItemEmbeddings, SharedUsers, UserTable};
-use hyperrec_stage::{Batch, Cpu, ItemIndex, Request, RequestNotes, Stage, StageError};
+use hyperrec_stage::{Batch, Cpu, ItemIndex, Request, RequestNotes, Stage, StageError, UserIndex};
 
 pub use topk::{PAD_ID, PAD_SCORE, TopK, top_k};
 
@@ -312,12 +312,11 @@ impl Stage<Cpu> for Similarity {
                 &mut batch.candidate_scores,
             );
         }
-        for q in 0..n {
-            let excluded =
-                excluded_items(&users, exclude_seen, &batch.requests[q], &batch.notes[q]);
-            let notes = &mut batch.notes[q];
-            notes.excluded.clear();
-            notes.excluded.extend_from_slice(excluded);
+        for (notes, request) in batch.notes.iter_mut().zip(&batch.requests) {
+            notes.excluded = match excludes_user(&users, exclude_seen, request, notes) {
+                Some(user) => users.shared_seen(user).clone().into(),
+                None => Default::default(),
+            };
         }
         Ok(())
     }
@@ -360,12 +359,19 @@ fn excluded_items<'u>(
     request: &Request,
     notes: &RequestNotes,
 ) -> &'u [ItemIndex] {
-    match notes.user {
-        Some(user) if exclude_seen && request.exclude_seen && (user as usize) < users.len() => {
-            users.seen(user)
-        }
-        _ => &[],
-    }
+    excludes_user(users, exclude_seen, request, notes).map_or(&[], |user| users.seen(user))
+}
+
+/// The user whose seen items `request` excludes, if any.
+fn excludes_user(
+    users: &UserTable,
+    exclude_seen: bool,
+    request: &Request,
+    notes: &RequestNotes,
+) -> Option<UserIndex> {
+    notes
+        .user
+        .filter(|&user| exclude_seen && request.exclude_seen && (user as usize) < users.len())
 }
 
 #[cfg(test)]

@@ -347,7 +347,12 @@ fn stage_matches_reference_with_priors_and_exclusions() {
             );
         }
         let users = fx.users.read();
-        assert_eq!(batch.notes[0].excluded, users.seen(0), "seed {}", fx.seed);
+        assert_eq!(
+            batch.notes[0].excluded[..],
+            *users.seen(0),
+            "seed {}",
+            fx.seed
+        );
         assert!(batch.notes[1].excluded.is_empty());
         assert!(batch.notes[2].excluded.is_empty());
     }

@@ -1,6 +1,7 @@
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Device, DeviceError, ItemIndex, Request, Source, UserIndex};
+use crate::{Device, DeviceError, HistoryEntry, ItemIndex, Request, Source, UserIndex};
 
 /// Host-side facts about one request that stages establish and the response reports.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -12,10 +13,168 @@ pub struct RequestNotes {
     /// True when no user signal was available and the result is query-only.
     pub cold_start: bool,
     /// Explanation slots of this request's rerank: slot `s` of `result_attributions` is
-    /// `sources[s]` (the user's recent history items, then context phrases).
-    pub sources: Vec<Source>,
-    /// Items the similarity stage excluded because the user has seen them.
-    pub excluded: Vec<ItemIndex>,
+    /// `sources.get(s)` (the user's recent history items, then context phrases).
+    pub sources: Sources,
+    /// Items the similarity stage excluded because the user has seen them, sorted
+    /// ascending. A snapshot shared with the user table (which replaces a seen set on an
+    /// event instead of changing it), not a copy: the GPU path writes it for 1000 queries
+    /// per batch, and a copy of every seen list was most of that host step.
+    pub excluded: SharedItems,
+}
+
+/// A shared, immutable list of items (a snapshot some table handed out), read as a slice.
+///
+/// The empty list holds no allocation, so default notes (1000 per batch at every reset)
+/// cost no reference counts.
+#[derive(Clone, Default)]
+pub struct SharedItems(Option<Arc<[ItemIndex]>>);
+
+impl SharedItems {
+    /// The items of `items` (no copy).
+    pub fn new(items: Arc<[ItemIndex]>) -> SharedItems {
+        SharedItems(Some(items))
+    }
+}
+
+impl From<Arc<[ItemIndex]>> for SharedItems {
+    fn from(items: Arc<[ItemIndex]>) -> SharedItems {
+        SharedItems::new(items)
+    }
+}
+
+impl std::ops::Deref for SharedItems {
+    type Target = [ItemIndex];
+
+    fn deref(&self) -> &[ItemIndex] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl PartialEq for SharedItems {
+    fn eq(&self, other: &SharedItems) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for SharedItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// The explanation slots of one request's rerank, in slot order: the user's most recent
+/// history items (oldest first), then the context phrases that have an embedding.
+///
+/// Holds shared snapshots instead of a list of [`Source`]s: the user's whole history as
+/// the user table had it (the table replaces a history on an event, never changes one it
+/// handed out) with the index of the first slot's entry, and the context's phrases (shared
+/// by every request of a batch with that context). Filling a request's slots therefore
+/// copies nothing: the GPU path fills 1000 per batch, and building the lists was the
+/// largest host step. Equality compares the slots (history items and phrases), not the
+/// snapshots.
+///
+/// Empty parts hold no allocation, so default notes cost no reference counts.
+#[derive(Clone, Default)]
+pub struct Sources {
+    history: Option<Arc<[HistoryEntry]>>,
+    /// Slot 0 is `history[first]`; `first <= history.len()`.
+    first: usize,
+    context: Option<Arc<[Arc<str>]>>,
+}
+
+impl Sources {
+    /// The last `recent` entries of `history` (all of them when it is shorter), then the
+    /// phrases of `context`.
+    pub fn new(history: Arc<[HistoryEntry]>, recent: usize, context: Arc<[Arc<str>]>) -> Sources {
+        let first = history.len().saturating_sub(recent);
+        Sources {
+            history: (first < history.len()).then_some(history),
+            first,
+            context: (!context.is_empty()).then_some(context),
+        }
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.history().len() + self.context().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The history entries of the history slots, oldest first.
+    pub fn history(&self) -> &[HistoryEntry] {
+        self.history
+            .as_deref()
+            .map_or(&[], |history| &history[self.first..])
+    }
+
+    /// The phrases of the context slots, in slot order.
+    pub fn context(&self) -> &[Arc<str>] {
+        self.context.as_deref().unwrap_or(&[])
+    }
+
+    /// What slot `slot` points at, or `None` past the last slot.
+    pub fn get(&self, slot: usize) -> Option<Source> {
+        let history = self.history();
+        match history.get(slot) {
+            Some(entry) => Some(Source::HistoryItem(entry.item)),
+            None => self
+                .context()
+                .get(slot - history.len())
+                .map(|phrase| Source::Context(phrase.clone())),
+        }
+    }
+
+    /// Every slot, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Source> + '_ {
+        self.history()
+            .iter()
+            .map(|entry| Source::HistoryItem(entry.item))
+            .chain(self.context().iter().cloned().map(Source::Context))
+    }
+
+    /// Every slot as a list.
+    pub fn to_vec(&self) -> Vec<Source> {
+        self.iter().collect()
+    }
+}
+
+impl PartialEq for Sources {
+    fn eq(&self, other: &Sources) -> bool {
+        self.history().len() == other.history().len()
+            && self
+                .history()
+                .iter()
+                .zip(other.history())
+                .all(|(a, b)| a.item == b.item)
+            && self.context() == other.context()
+    }
+}
+
+impl PartialEq<[Source]> for Sources {
+    fn eq(&self, other: &[Source]) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter().cloned())
+    }
+}
+
+impl<const N: usize> PartialEq<[Source; N]> for Sources {
+    fn eq(&self, other: &[Source; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl PartialEq<Vec<Source>> for Sources {
+    fn eq(&self, other: &Vec<Source>) -> bool {
+        *self == other[..]
+    }
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// Time a stage took for one batch, from device marks.
@@ -161,5 +320,71 @@ mod tests {
         assert_eq!(batch.fused.len(), 8);
         assert_eq!(batch.results, 7);
         assert_eq!(batch.notes.len(), 2);
+    }
+
+    fn history(items: &[ItemIndex]) -> Arc<[HistoryEntry]> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(t, &item)| HistoryEntry {
+                item,
+                rating: 4.0,
+                timestamp: t as i64,
+            })
+            .collect()
+    }
+
+    /// Slots are the last `recent` history items, then the phrases; `get`, `iter`, `len`
+    /// and the list comparison agree, and equality ignores everything but the slots.
+    #[test]
+    fn sources_are_the_recent_history_then_the_phrases() {
+        let phrases: Arc<[Arc<str>]> = vec![Arc::from("evening"), Arc::from("alone")].into();
+        let sources = Sources::new(history(&[4, 5, 6, 7]), 3, phrases.clone());
+        let expected = vec![
+            Source::HistoryItem(5),
+            Source::HistoryItem(6),
+            Source::HistoryItem(7),
+            Source::Context("evening".into()),
+            Source::Context("alone".into()),
+        ];
+        assert_eq!(sources.len(), 5);
+        assert_eq!(sources, expected);
+        assert_eq!(sources.to_vec(), expected);
+        for (slot, source) in expected.iter().enumerate() {
+            assert_eq!(sources.get(slot).as_ref(), Some(source), "slot {slot}");
+        }
+        assert_eq!(sources.get(5), None);
+        assert_ne!(sources, expected[..4]);
+        assert_ne!(
+            sources,
+            Sources::new(history(&[4, 5, 6, 8]), 3, phrases.clone())
+        );
+        // The same slots from another snapshot (other ratings, longer history) are equal.
+        assert_eq!(
+            sources,
+            Sources::new(history(&[9, 9, 5, 6, 7]), 3, phrases.clone())
+        );
+        // A short history gives all of it; no history and no phrases give no slots.
+        assert_eq!(
+            Sources::new(history(&[1]), 50, Arc::default()),
+            vec![Source::HistoryItem(1)]
+        );
+        assert!(Sources::new(history(&[1, 2]), 0, Arc::default()).is_empty());
+        assert_eq!(Sources::default(), Vec::new());
+        assert_eq!(
+            format!("{:?}", Sources::new(history(&[3]), 1, Arc::default())),
+            "[HistoryItem(3)]"
+        );
+    }
+
+    #[test]
+    fn shared_items_read_as_their_slice() {
+        let items = SharedItems::new(vec![1, 5, 9].into());
+        assert_eq!(items[..], [1, 5, 9]);
+        assert!(items.contains(&5));
+        assert_eq!(items, SharedItems::from(Arc::from(vec![1, 5, 9])));
+        assert_ne!(items, SharedItems::default());
+        assert!(SharedItems::default().is_empty());
+        assert_eq!(SharedItems::new(Arc::default()), SharedItems::default());
     }
 }

@@ -15,12 +15,12 @@ mod device;
 mod error;
 mod request;
 
-pub use batch::{Batch, RequestNotes, StageTiming};
+pub use batch::{Batch, RequestNotes, SharedItems, Sources, StageTiming};
 pub use device::{Cpu, Device, DeviceKind, Element};
 pub use error::{DeviceError, StageError};
 pub use request::{
-    Context, Contribution, Event, Explanation, Interaction, ItemId, Recommendation, Request,
-    Social, Source, TimeOfDay, UserId,
+    Context, Contribution, Event, Explanation, HistoryEntry, Interaction, ItemId, Recommendation,
+    Request, Social, Source, TimeOfDay, UserId,
 };
 
 /// Dense row of an item in the catalog's tables (`0..n_items`). Buffers hold these, never

@@ -26,6 +26,17 @@ impl std::fmt::Display for UserId {
     }
 }
 
+/// One rating or interaction in a user's history (the user table keeps these; defined here
+/// so a request's explanation slots, [`crate::Sources`], can hold a snapshot of them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistoryEntry {
+    pub item: ItemIndex,
+    /// Rating on the 0.5..=5.0 scale (implicit interactions mapped by `Interaction::as_rating`).
+    pub rating: f32,
+    /// Seconds since the Unix epoch.
+    pub timestamp: i64,
+}
+
 /// Part of the day the request is made in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
