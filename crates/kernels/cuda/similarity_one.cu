@@ -894,6 +894,8 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
             count_heads(__ldcg(reinterpret_cast<const uint4*>(lower_heads) + s));
             eligible_held += __ldcg(eligible + s);
         }
+        const unsigned total = block_inclusive_scan(eligible_held, scratch);
+        if (t == ONE_THREADS - 1) misc[9] = total;  // eligible items
     } else {
         uint4 vec[HIST_VECS_PER_THREAD];
         uint4* hist_vecs = reinterpret_cast<uint4*>(hist);
@@ -944,17 +946,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
     const unsigned through = block_inclusive_scan(held_total, scratch);
     if (t == ONE_THREADS - 1) misc[3] = through;  // eligible items (INT8: L-heads)
     __syncthreads();
-    unsigned eligible_items = misc[3];
-    if (INT8 && misc[3] < k) {
-        // Fewer L-heads than k (small catalogs, many seen items): k_eff needs the eligible
-        // count. With k L-heads or more, k_eff is k whatever that count (it is at least the
-        // heads'), so the common case skips this scan.
-        const unsigned total = block_inclusive_scan(eligible_held, scratch);
-        if (t == ONE_THREADS - 1) misc[9] = total;
-        __syncthreads();
-        eligible_items = misc[9];
-    }
-    const unsigned k_eff = min(k, eligible_items);
+    const unsigned k_eff = min(k, INT8 ? misc[9] : misc[3]);
     if (INT8 && (misc[11] != 0 || misc[3] < k_eff)) {
         // Rows without a usable bound, or fewer L-heads than k: the exact selection over
         // every unseen item.
