@@ -47,11 +47,12 @@ impl Drop for Captured {
 /// The GPU stages of the post-encoding path, run as one CUDA graph per batch shape.
 ///
 /// Each stage's pre-launch host step (resolving users, whose seen set to exclude, compact
-/// per-query rerank records; small uploads) runs first, then the device work of all three
-/// stages is one graph launch: a few kernels (and at large batches a GEMM) with no launch
-/// gaps and no host synchronization (a batch of one query without the cache: two kernels,
-/// the batch-1 similarity kernel fusing the query itself); the host steps that only write notes (`excluded`, `sources`) run after
-/// the launch, overlapped with the device. A graph is keyed by
+/// per-query rerank records) runs first and their records go to the device in one copy,
+/// then the device work of all three stages is one graph launch: a few kernels (and at
+/// large batches a GEMM) with no launch gaps and no host synchronization (a batch of one
+/// query without the cache: two kernels, the batch-1 similarity kernel fusing the query
+/// itself); the host steps that only write notes (`excluded`, `sources`) run after the
+/// launch, overlapped with the device. A graph is keyed by
 /// everything its launches bake in (batch size, candidates, results, slots, the device
 /// addresses of every buffer involved, the tables' generation), so a batch of a new shape
 /// or after the tables grew runs eagerly once and is captured for the next time; batches

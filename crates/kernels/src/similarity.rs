@@ -578,17 +578,22 @@ impl CudaSimilarity {
         &mut self.fused_half
     }
 
+    /// Candidates selected per query of `batch`: the configured number, at least the
+    /// results asked for, at most what the selection kernels take.
+    fn candidates_for(&self, batch: &Batch<Cuda>) -> usize {
+        self.params
+            .candidates
+            .max(batch.results)
+            .min(MAX_CANDIDATES)
+    }
+
     /// Whether a batch of this shape is scored and selected by the fused batch-1 kernel
     /// (one query, no prior, no strategy chosen, a shape the kernel supports), which can
     /// also fuse the query itself ([`CudaSimilarity::enqueue_folded`]).
     pub(crate) fn fused_batch_one(&self, batch: &Batch<Cuda>) -> bool {
         let tables = self.tables.lock();
         let (dim, n_items) = (tables.dim(), tables.n_items());
-        let k = self
-            .params
-            .candidates
-            .max(batch.results)
-            .min(MAX_CANDIDATES);
+        let k = self.candidates_for(batch);
         batch.len() == 1
             && batch.item_prior.len() != n_items
             && self.strategy.is_none()
@@ -652,11 +657,7 @@ impl CudaSimilarity {
                 found: format!("{} values of width {}", batch.fused.len(), batch.dim),
             });
         }
-        let k = self
-            .params
-            .candidates
-            .max(batch.results)
-            .min(MAX_CANDIDATES);
+        let k = self.candidates_for(batch);
         batch.candidates = k;
         cuda.ensure_len(&mut batch.candidate_ids, n * k)?;
         cuda.ensure_len(&mut batch.candidate_scores, n * k)?;

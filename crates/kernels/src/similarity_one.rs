@@ -4,6 +4,12 @@
 //! histogram; the last block to finish gathers the few entries at or above the k-th best
 //! key's bin and sorts them). Selects exactly what [`crate::TopKStrategy::ExactRadix`]
 //! selects on the same fp16 scores, and writes those scores as the two-kernel path does.
+//!
+//! [`OnePass::Int8`] (the stage's default) scores an int8 copy of the items first (L2-resident
+//! at seed scale; see [`crate::quantized`]) and rescores only the items its proven bounds
+//! cannot rule out with the fp16 pass's arithmetic: the same ids and scores, without the
+//! per-item score row. In a `GpuPath` at batch 1 the kernel also fuses the query itself
+//! ([`FoldedFusion`]).
 
 use crate::CudaError;
 use crate::device::{Cuda, CudaBuffer, arg};
