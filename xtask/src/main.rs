@@ -5,6 +5,7 @@
 
 mod bench;
 mod eval;
+mod gpu_bundle;
 mod invariants;
 mod ptx;
 
@@ -31,6 +32,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measure recommendation quality on MovieLens (see crates/eval).
     Eval(eval::EvalArgs),
+    /// Build the GPU device tests and gpu-bench into one archive for a CUDA machine.
+    GpuBundle(gpu_bundle::GpuBundleArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Ptx(args) => ptx::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::GpuBundle(args) => gpu_bundle::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
