@@ -16,6 +16,8 @@
 //      (a few entries per slice), sorts those and writes the top k. It then clears the
 //      histogram and the ticket, so the next launch (or graph replay) needs no memset.
 // Nothing waits for another block, so the grid needs no co-residency (no cooperative launch).
+// The int8 build (similarity_top_k_one_int8, below) reads an int8 copy of the items first and
+// selects from proven bounds instead of the fp16 scores; its section says how.
 //
 // Exactness: the candidates are every eligible item whose key's bin is at or above the bin
 // of the k-th best key, a superset of the top k; sorting them by (key, smaller index) gives
@@ -210,7 +212,7 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 // time, and 60K histogram atomics arriving together serialized for ~9 us): each block
 // publishes its four best lower keys L ("L-heads"), its eligible count, its list sorted by
 // upper key U, and the exact keys of its two best-U rows (rescored by the block's idle seen
-// warp while the others write the list). The last block takes the k-th best bin b of the
+// warp while the others sort the slice). The last block takes the k-th best bin b of the
 // L-heads (a shared-memory histogram): at least k eligible items have L in b or above, so
 // every item of the top k has U >= key >= b, and the candidates are the list entries whose U
 // clears b. It rescores those that are not among their slice's two precomputed rows and
