@@ -13,8 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use common::{
-    cuda_or_skip, device_tables as tables, download, random_items, random_queries, random_requests,
-    random_users, seed,
+    cpu_retrieved, cuda_or_skip, device_tables as tables, download, random_items, random_queries,
+    random_requests, random_users, seed,
 };
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, SharedUsers};
 use hyperrec_fusion::{Fusion, FusionConfig};
@@ -683,24 +683,15 @@ fn rerank_matches_the_cpu_stage() {
             }
         }
         let queries = random_queries(&mut rng, n, DIM);
-        let mut cpu = Batch::new(&Cpu, DIM).expect("batch");
-        cpu.reset(&Cpu, requests.clone()).expect("reset");
-        cpu.query_embeddings.copy_from_slice(&queries);
-        Fusion::new(users.clone(), FusionConfig { alpha: 0.5 })
-            .expect("fusion")
-            .run(&Cpu, &mut cpu)
-            .expect("fusion");
-        Similarity::new(
-            items.clone(),
-            users.clone(),
-            SimilarityConfig {
-                candidates: case.retrieved,
-                exclude_seen: true,
-            },
-        )
-        .expect("similarity")
-        .run(&Cpu, &mut cpu)
-        .expect("similarity");
+        let mut cpu = cpu_retrieved(
+            &items,
+            &users,
+            &requests,
+            &queries,
+            DIM,
+            case.retrieved,
+            true,
+        );
         // The GPU batch gets the CPU's candidates, so only the rerank differs.
         let mut gpu = Batch::new(&cuda, DIM).expect("batch");
         gpu.reset(&cuda, requests).expect("reset");

@@ -8,14 +8,13 @@ mod common;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::{random_items, random_queries, random_requests, random_users, seed};
+use common::{cpu_retrieved, random_items, random_queries, random_requests, random_users, seed};
 use hyperrec_catalog::HistoryEntry;
 use hyperrec_fusion::{Fusion, FusionConfig};
 use hyperrec_kernels::{
     MAX_SLOTS, NO_ITEM, fill_excluded, fill_sources, plan_exclusions, plan_members, plan_sources,
 };
 use hyperrec_rerank::{AttentionRerank, ContextVocabulary, RerankConfig, RerankWeights};
-use hyperrec_similarity::{Similarity, SimilarityConfig};
 use hyperrec_stage::{Batch, Cpu, RequestNotes, Social, Source, Stage, StageError, TimeOfDay};
 
 const DIM: usize = 32;
@@ -55,25 +54,8 @@ fn host_steps_match_the_cpu_rerank_sources() {
                 _ => vec![genres[2].clone(), genres[0].clone(), genres[1].clone()],
             };
         }
-        let mut cpu = Batch::new(&Cpu, DIM).expect("batch");
-        cpu.reset(&Cpu, requests.clone()).expect("reset");
-        cpu.query_embeddings
-            .copy_from_slice(&random_queries(&mut rng, n, DIM));
-        Fusion::new(users.clone(), FusionConfig { alpha: 0.5 })
-            .expect("fusion")
-            .run(&Cpu, &mut cpu)
-            .expect("fusion");
-        Similarity::new(
-            items.clone(),
-            users.clone(),
-            SimilarityConfig {
-                candidates: 20,
-                exclude_seen: true,
-            },
-        )
-        .expect("similarity")
-        .run(&Cpu, &mut cpu)
-        .expect("similarity");
+        let queries = random_queries(&mut rng, n, DIM);
+        let mut cpu = cpu_retrieved(&items, &users, &requests, &queries, DIM, 20, true);
         AttentionRerank::new(
             items.clone(),
             users.clone(),
@@ -247,25 +229,8 @@ fn exclusion_steps_match_the_cpu_similarity_notes() {
         for n in [1usize, 37, 300, 1000] {
             let context = format!("seed {seed}, n {n}, exclude_seen {exclude_seen}");
             let requests = random_requests(&mut rng, 300, n, 10);
-            let mut cpu = Batch::new(&Cpu, DIM).expect("batch");
-            cpu.reset(&Cpu, requests.clone()).expect("reset");
-            cpu.query_embeddings
-                .copy_from_slice(&random_queries(&mut rng, n, DIM));
-            Fusion::new(users.clone(), FusionConfig { alpha: 0.5 })
-                .expect("fusion")
-                .run(&Cpu, &mut cpu)
-                .expect("fusion");
-            Similarity::new(
-                items.clone(),
-                users.clone(),
-                SimilarityConfig {
-                    candidates: 20,
-                    exclude_seen,
-                },
-            )
-            .expect("similarity")
-            .run(&Cpu, &mut cpu)
-            .expect("similarity");
+            let queries = random_queries(&mut rng, n, DIM);
+            let cpu = cpu_retrieved(&items, &users, &requests, &queries, DIM, 20, exclude_seen);
 
             let table = users.read();
             let mut notes = cpu.notes.clone();

@@ -11,12 +11,14 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use hyperrec_catalog::{HistoryEntry, ItemEmbeddings, ProfileRule, SharedUsers, UserTable};
+use hyperrec_fusion::{Fusion, FusionConfig};
 use hyperrec_kernels::{
     Cuda, CudaBuffer, CudaFusion, CudaRerank, CudaSimilarity, DeviceTables, GpuPath,
     SimilarityParams, TablesConfig,
 };
 use hyperrec_rerank::{ContextVocabulary, RerankConfig, RerankWeights};
-use hyperrec_stage::{Batch, Context, Device, Element, Request, Stage, UserId};
+use hyperrec_similarity::{Similarity, SimilarityConfig};
+use hyperrec_stage::{Batch, Context, Cpu, Device, Element, Request, Stage, UserId};
 
 /// The GPU, or `None` after printing a visible skip notice.
 pub fn cuda_or_skip(test: &str) -> Option<Cuda> {
@@ -231,4 +233,37 @@ pub fn run_eager_and_graph(
         .expect("upload");
     graph.run(cuda, graph_batch).expect("graph path");
     batch
+}
+
+/// The CPU reference stages fusion (alpha 0.5) and similarity (`candidates`, `exclude_seen`)
+/// run on a fresh batch of `requests` with these query embeddings: the notes and candidates
+/// the GPU host steps and the rerank tests compare with.
+pub fn cpu_retrieved(
+    items: &Arc<ItemEmbeddings>,
+    users: &SharedUsers,
+    requests: &[Request],
+    queries: &[f32],
+    dim: usize,
+    candidates: usize,
+    exclude_seen: bool,
+) -> Batch<Cpu> {
+    let mut cpu = Batch::new(&Cpu, dim).expect("batch");
+    cpu.reset(&Cpu, requests.to_vec()).expect("reset");
+    cpu.query_embeddings.copy_from_slice(queries);
+    Fusion::new(users.clone(), FusionConfig { alpha: 0.5 })
+        .expect("fusion")
+        .run(&Cpu, &mut cpu)
+        .expect("fusion");
+    Similarity::new(
+        items.clone(),
+        users.clone(),
+        SimilarityConfig {
+            candidates,
+            exclude_seen,
+        },
+    )
+    .expect("similarity")
+    .run(&Cpu, &mut cpu)
+    .expect("similarity");
+    cpu
 }
