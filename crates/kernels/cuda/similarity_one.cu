@@ -220,7 +220,6 @@ __device__ __forceinline__ void mark_seen(const unsigned* __restrict__ list, uns
 // U 0xffff ("unknown") and send the last block to an exact slow path, as do too few L-heads
 // (k beyond four per slice) and a candidate set beyond CAND_CAP.
 #define QUERY_LEVELS 32767.0f  // int16 query codes
-#define CODE_LEVELS 127.0f     // int8 item codes
 #define UNKNOWN_KEY 0xffffu    // above every real key (+inf keys as 0xfc00)
 #define DQ_STEPS 0.51f         // |q_d - sq q~_d| <= DQ_STEPS * sq (half a step and slack)
 #define PREFETCH_HEAD 4        // rows of each slice's best upper keys prefetched into L2
@@ -435,24 +434,6 @@ __device__ void exact_slow_path(unsigned long long* cand, const unsigned* __rest
     }
 }
 
-// One query: scores[j] = fp16(query . items[j]) for every item, and the best k (1..=1024)
-// eligible items into out_ids / out_scores ([k], best first, ties by the smaller index,
-// padded with NO_ITEM / -inf).
-//   items:      [n_items, dim] fp16, dim a multiple of 128 up to 512
-//   slice:      items per block (a multiple of 32, <= MAX_SLICE); the grid is
-//               ceil(n_items / slice) blocks of ONE_THREADS threads
-//   exclude_user, seen_*: as topk_filter (exclude_user[0] is the query's user or NO_USER;
-//               null for no exclusion)
-//   workspace:  WS_LISTS + grid * (slice + 7) words, all zero before the first launch; every
-//               launch leaves the histogram, ticket and unknown count zero again (the lists
-//               and the INT8 per-slice words after them are scratch)
-//   trace:      null, or (grid + 1) * 8 words of phase marks (see gpu-bench --trace-fused)
-// INT8: the int8 first pass above instead of the fp16 pass; `scores` is not written.
-//   fold:       with fold.users non-null, the query is fused here (fuse_one_warp, by the
-//               seen warp before the query barrier) from fold.query, the members' user rows
-//               and fold.alpha, and block 0 writes it to fold.fused; `query` is unused
-//   codes:      [n_items, dim] int8 item codes (16-byte aligned rows), INT8 only
-//   bounds:     [n_items] (scale, residual norm, code norm, 0) per row, INT8 only
 // Calls emit(entry, slice_begin) for the leading entries of slice s's sorted list, from
 // position r on, whose key is nonzero and whose bin is at least min_bin, in list order.
 template <typename Emit>
@@ -486,6 +467,24 @@ struct Fold {
     float* fused;
 };
 
+// One query: scores[j] = fp16(query . items[j]) for every item, and the best k (1..=1024)
+// eligible items into out_ids / out_scores ([k], best first, ties by the smaller index,
+// padded with NO_ITEM / -inf).
+//   items:      [n_items, dim] fp16, dim a multiple of 128 up to 512
+//   slice:      items per block (a multiple of 32, <= MAX_SLICE); the grid is
+//               ceil(n_items / slice) blocks of ONE_THREADS threads
+//   exclude_user, seen_*: as topk_filter (exclude_user[0] is the query's user or NO_USER;
+//               null for no exclusion)
+//   workspace:  WS_LISTS + grid * (slice + 7) words, all zero before the first launch; every
+//               launch leaves the histogram, ticket and unknown count zero again (the lists
+//               and the INT8 per-slice words after them are scratch)
+//   trace:      null, or (grid + 1) * 8 words of phase marks (see gpu-bench --trace-fused)
+//   fold:       with fold.users non-null, the query is fused here (fuse_one_warp, by the
+//               seen warp before the query barrier) from fold.query, the members' user rows
+//               and fold.alpha, and block 0 writes it to fold.fused; `query` is unused
+// INT8: the int8 first pass above instead of the fp16 pass; `scores` is not written.
+//   codes:      [n_items, dim] int8 item codes (16-byte aligned rows)
+//   bounds:     [n_items] (scale, residual norm, code norm, 0) per row
 template <bool INT8>
 __device__ __forceinline__ void
 similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__ codes,
