@@ -14,8 +14,9 @@ use crate::similarity_one::{
 };
 use crate::{CudaError, DeviceTables, MemoryReport, NO_ITEM, SharedTables};
 
-/// Largest number of candidates the top-K kernel selects per query.
-pub const MAX_CANDIDATES: usize = 1024;
+/// Largest number of candidates the top-K kernel selects per query (the stage API's limit,
+/// shared with the CPU stage).
+pub use hyperrec_stage::MAX_CANDIDATES;
 
 /// Batches up to this size score with `item_scores_small` (one pass over the item table
 /// for up to this many queries), larger ones with the GEMM.

@@ -342,9 +342,9 @@ fn top_k_strategies_agree_with_heavy_seen_sets() {
     let items = random_items(&mut rng, n_items, DIM);
     let users = random_users(&mut rng, &items, 40, n_items);
     let tables = tables(&cuda, &items, &users);
-    // Candidates as many as the CPU reference stage takes at most (its MAX_CANDIDATES,
-    // 1000; the GPU stage takes up to 1024): a draw above it failed one run in forty.
-    let random_candidates = rng.random_range(1..=hyperrec_similarity::MAX_CANDIDATES);
+    // Up to the limit both stages share (the CPU stage once stopped at 1000, and a draw
+    // above that failed this test one run in forty).
+    let random_candidates = rng.random_range(1..=hyperrec_stage::MAX_CANDIDATES);
     for (n, candidates) in [(1, 100), (33, 1000), (16, random_candidates)] {
         let requests = random_requests(&mut rng, 40, n, 10);
         let queries = random_queries(&mut rng, n, DIM);

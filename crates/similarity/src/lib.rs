@@ -41,8 +41,8 @@ use hyperrec_stage::{Batch, Cpu, ItemIndex, Request, RequestNotes, Stage, StageE
 
 pub use topk::{PAD_ID, PAD_SCORE, TopK, top_k};
 
-/// Largest number of candidates the stage keeps per query.
-pub const MAX_CANDIDATES: usize = 1000;
+/// Largest number of candidates the stage keeps per query (shared with the GPU stage).
+pub use hyperrec_stage::MAX_CANDIDATES;
 
 /// Items scored together by one parallel task. A block of 256 items x 384 f32 is 384 KiB,
 /// which stays in a core's L2 while every query of the batch is scored against it.
@@ -66,8 +66,8 @@ pub enum SimilarityError {
 /// Settings of the similarity stage.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SimilarityConfig {
-    /// Candidates kept per query (1..=1000). The stage keeps at least the largest `k` of
-    /// the batch, so the rerank always has enough to choose from.
+    /// Candidates kept per query (1..=[`MAX_CANDIDATES`], 1024). The stage keeps at least
+    /// the largest `k` of the batch, so the rerank always has enough to choose from.
     pub candidates: usize,
     /// Skip items the user has already rated (a request can still opt out on its own).
     pub exclude_seen: bool,

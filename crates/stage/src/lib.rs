@@ -23,6 +23,10 @@ pub use request::{
     Request, Social, Source, TimeOfDay, UserId,
 };
 
+/// Most retrieval candidates a similarity stage keeps per query, on every device: the CPU
+/// reference and the GPU stage must agree on `Batch::candidates` for the same request.
+pub const MAX_CANDIDATES: usize = 1024;
+
 /// Dense row of an item in the catalog's tables (`0..n_items`). Buffers hold these, never
 /// external ids; the catalog maps between the two.
 pub type ItemIndex = u32;
