@@ -71,13 +71,11 @@ __global__ void __launch_bounds__(256) int8_by_block(const int4* codes, unsigned
 
 // Slices dealt to SMs: SM s owns slices s, s + n_sm, ...; a block claims the next slice of
 // its SM's list, then of the other SMs' lists (so every slice is scored whatever the block
-// placement), one atomic per claim. `claims` must be zero before the launch.
-__global__ void __launch_bounds__(256) int8_by_sm(const int4* codes, unsigned n_items,
-                                                  const int* query, int* out,
-                                                  unsigned* claims, unsigned n_sm,
-                                                  unsigned n_slices) {
-    int q[12];
-    load_query(query, q);
+// placement), one atomic per claim, and scores it with score(slice). `claims` must be zero
+// before the launch.
+template <typename Score>
+__device__ __forceinline__ void claim_slices(unsigned* claims, unsigned n_sm, unsigned n_slices,
+                                             Score score) {
     __shared__ unsigned claimed;
     const unsigned home = smid() % n_sm;
     for (unsigned k = 0; k < n_sm; ++k) {
@@ -88,9 +86,19 @@ __global__ void __launch_bounds__(256) int8_by_sm(const int4* codes, unsigned n_
             if (threadIdx.x == 0) claimed = atomicAdd(&claims[sm], 1u);
             __syncthreads();
             if (claimed >= owned) break;
-            int8_slice(codes, n_items, q, sm + claimed * n_sm, out);
+            score(sm + claimed * n_sm);
         }
     }
+}
+
+__global__ void __launch_bounds__(256) int8_by_sm(const int4* codes, unsigned n_items,
+                                                  const int* query, int* out,
+                                                  unsigned* claims, unsigned n_sm,
+                                                  unsigned n_slices) {
+    int q[12];
+    load_query(query, q);
+    claim_slices(claims, n_sm, n_slices,
+                 [&](unsigned slice) { int8_slice(codes, n_items, q, slice, out); });
 }
 
 // fp16 rows, 16 lanes per row, same two orders.
@@ -146,19 +154,8 @@ __global__ void __launch_bounds__(256) fp16_by_sm(const uint4* items, unsigned n
                                                   unsigned n_slices) {
     float q[3][8];
     load_query_f(query, q);
-    __shared__ unsigned claimed;
-    const unsigned home = smid() % n_sm;
-    for (unsigned k = 0; k < n_sm; ++k) {
-        const unsigned sm = (home + k) % n_sm;
-        const unsigned owned = (n_slices + n_sm - 1 - sm) / n_sm;
-        for (;;) {
-            __syncthreads();
-            if (threadIdx.x == 0) claimed = atomicAdd(&claims[sm], 1u);
-            __syncthreads();
-            if (claimed >= owned) break;
-            fp16_slice(items, n_items, q, sm + claimed * n_sm, out);
-        }
-    }
+    claim_slices(claims, n_sm, n_slices,
+                 [&](unsigned slice) { fp16_slice(items, n_items, q, slice, out); });
 }
 
 __global__ void stream_other(const float4* __restrict__ data, size_t n, float* sink) {
