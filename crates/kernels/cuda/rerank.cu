@@ -626,6 +626,13 @@ __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
+// Under a programmatic dependent launch (Cuda::launch_dependent): waits until the previous
+// kernel on the stream has completed and its writes are visible. Returns at once for a
+// launch without that attribute.
+__device__ __forceinline__ void grid_dependency_wait() {
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
 __device__ __forceinline__ void cp_async_wait_all_groups() {
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
@@ -681,6 +688,8 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     // its raw logit, so only the context sources need the value products' MMAs.
     const bool logit_products = share_qv && share_kv && !has_bias && logit_hist != 0.0f;
 
+    // The sources first: they do not depend on the previous kernel of a programmatic
+    // dependent launch (the path's similarity), so their rows load while it finishes.
     if (t < MAX_SLOTS) {
         const unsigned s = t;
         unsigned item = NO_ITEM;
@@ -698,7 +707,49 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         slot_item[s] = item;
         product_factor[s] = pf;
         logit_bias[s] = 0.0f;
-    } else if (t < MAX_SLOTS + FUSED_MAX_CAND) {
+    }
+    __syncthreads();
+
+    // cp.async of head h's rows into buffer b (zero-filled past the sources / candidates).
+    // Thread t copies 16-byte chunk t % chunks of rows t / chunks + k * rows_per_pass.
+    const unsigned chunks = hd >> 3, rows_per_pass = blockDim.x / chunks;
+    const unsigned my_row = t / chunks, my_col = (t % chunks) * 8;
+    auto load_sources = [&](unsigned h, unsigned b) {
+        if (my_row >= rows_per_pass) return;
+        __half* buf = rows + b * buf_halves;
+        const unsigned col = h * hd + my_col;
+        for (unsigned s = my_row; s < src16; s += rows_per_pass) {
+            const bool hist = s < n_hist, source = s < n_src;
+            const size_t at = source ? (size_t)slot_item[s] * p.dim + col : 0;
+            const unsigned bytes = source ? 16u : 0u;
+            cp_async16(buf + k_off + s * hdp + my_col, (hist ? p.k_table : p.ctx_keys) + at,
+                       bytes);
+            if (!(hist && share_kv))
+                cp_async16(buf + v_off + s * hdp + my_col,
+                           (hist ? p.v_table : p.ctx_values) + at, bytes);
+        }
+    };
+    auto load_candidates = [&](unsigned h, unsigned b) {
+        if (my_row >= rows_per_pass) return;
+        __half* buf = rows + b * buf_halves;
+        const unsigned col = h * hd + my_col;
+        for (unsigned c = my_row; c < cand_rows; c += rows_per_pass) {
+            const unsigned item = cand[c];
+            const bool valid = item != NO_ITEM;
+            const size_t at = valid ? (size_t)item * p.dim + col : 0;
+            const unsigned bytes = valid ? 16u : 0u;
+            cp_async16(buf + q_off + c * hdp + my_col, p.q_table + at, bytes);
+            if (!share_qv) cp_async16(buf + u_off + c * hdp + my_col, p.v_table + at, bytes);
+        }
+        if (has_bias && my_row == 0)
+            cp_async16(buf + pf_off + my_col, p.pf + (size_t)q * p.dim + col, 16u);
+    };
+    const bool first_head = n_src > 0 && rank < p.heads;
+    if (first_head) load_sources(rank, 0);
+
+    // Everything below may read the previous kernel's writes (candidates, fused queries).
+    grid_dependency_wait();
+    if (t >= MAX_SLOTS && t < MAX_SLOTS + FUSED_MAX_CAND) {
         const unsigned c = t - MAX_SLOTS;
         unsigned item = NO_ITEM;
         float score = -INFINITY;
@@ -711,36 +762,10 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         attention[c] = 0.0f;
     }
     __syncthreads();
-
-    // cp.async of head h's rows into buffer b (zero-filled past the sources / candidates).
-    // Thread t copies 16-byte chunk t % chunks of rows t / chunks + k * rows_per_pass.
-    const unsigned chunks = hd >> 3, rows_per_pass = blockDim.x / chunks;
-    const unsigned my_row = t / chunks, my_col = (t % chunks) * 8;
-    auto load_head = [&](unsigned h, unsigned b) {
-        if (my_row >= rows_per_pass) return;
-        __half* buf = rows + b * buf_halves;
-        const unsigned col = h * hd + my_col;
-        for (unsigned c = my_row; c < cand_rows; c += rows_per_pass) {
-            const unsigned item = cand[c];
-            const bool valid = item != NO_ITEM;
-            const size_t at = valid ? (size_t)item * p.dim + col : 0;
-            const unsigned bytes = valid ? 16u : 0u;
-            cp_async16(buf + q_off + c * hdp + my_col, p.q_table + at, bytes);
-            if (!share_qv) cp_async16(buf + u_off + c * hdp + my_col, p.v_table + at, bytes);
-        }
-        for (unsigned s = my_row; s < src16; s += rows_per_pass) {
-            const bool hist = s < n_hist, source = s < n_src;
-            const size_t at = source ? (size_t)slot_item[s] * p.dim + col : 0;
-            const unsigned bytes = source ? 16u : 0u;
-            cp_async16(buf + k_off + s * hdp + my_col, (hist ? p.k_table : p.ctx_keys) + at,
-                       bytes);
-            if (!(hist && share_kv))
-                cp_async16(buf + v_off + s * hdp + my_col,
-                           (hist ? p.v_table : p.ctx_values) + at, bytes);
-        }
-        if (has_bias && my_row == 0)
-            cp_async16(buf + pf_off + my_col, p.pf + (size_t)q * p.dim + col, 16u);
-    };
+    if (first_head) {
+        load_candidates(rank, 0);
+        cp_async_commit();
+    }
 
     // Lane layout of the m16n8 accumulators: rows g and g + 8 of the warp's tile, source
     // columns 2 * t4 and 2 * t4 + 1 of every n8 tile.
@@ -756,10 +781,6 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     const float hist_mass = n_hist > 0 ? (n_ctx > 0 ? 1.0f - p.context_share : 1.0f) : 0.0f;
     const float ctx_mass = n_ctx > 0 ? (n_hist > 0 ? p.context_share : 1.0f) : 0.0f;
 
-    if (n_src > 0 && rank < p.heads) {
-        load_head(rank, 0);
-        cp_async_commit();
-    }
     for (unsigned h = rank, b = 0; h < p.heads && n_src > 0; h += head_step, b ^= 1) {
         const __half* buf = rows + b * buf_halves;
         // Head h's rows have landed, and every warp is done with the previous head's
@@ -767,7 +788,8 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         cp_async_wait_all_groups();
         __syncthreads();
         if (h + head_step < p.heads) {
-            load_head(h + head_step, b ^ 1);
+            load_sources(h + head_step, b ^ 1);
+            load_candidates(h + head_step, b ^ 1);
             cp_async_commit();
         }
 

@@ -1236,13 +1236,23 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
     items, codes, bounds, n_items, query, dim, slice, exclude_user, seen_offsets, seen_lens,  \
         seen_items, k, scores, workspace, out_ids, out_scores, fold, trace
 
+// Both builds let a programmatic dependent launch (the path's rerank, which waits for this
+// grid's writes with griddepcontrol.wait) start as soon as every block here has started:
+// its blocks take the SMs that the scoring blocks leave while the last block selects. A
+// no-op for launches without dependents.
+__device__ __forceinline__ void allow_dependent_launch() {
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
 extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
 similarity_top_k_one(SIMILARITY_ONE_PARAMS) {
+    allow_dependent_launch();
     similarity_top_k_body<false>(SIMILARITY_ONE_ARGS);
 }
 
 // The same selection from the int8 first pass (the fp16 rows only for the rescoring).
 extern "C" __global__ void __launch_bounds__(ONE_THREADS, 3)
 similarity_top_k_one_int8(SIMILARITY_ONE_PARAMS) {
+    allow_dependent_launch();
     similarity_top_k_body<true>(SIMILARITY_ONE_ARGS);
 }

@@ -716,6 +716,56 @@ impl Cuda {
         .map_err(CudaError::from)
     }
 
+    /// [`Cuda::launch`] as a programmatic dependent launch (Hopper's PDL): the kernel may
+    /// start while the previous kernel on the stream still runs (once every block of that
+    /// one has started and triggered, or exited), so its prologue overlaps that kernel's
+    /// tail. The kernel must execute `griddepcontrol.wait` before it reads anything the
+    /// previous kernel writes; the wait returns once that kernel has completed and its
+    /// writes are visible. Stream capture keeps the overlap as a programmatic graph edge.
+    ///
+    /// # Safety
+    /// As [`Cuda::launch`], and before its `griddepcontrol.wait` the kernel reads only
+    /// memory that no kernel still running on the stream writes.
+    pub(crate) unsafe fn launch_dependent(
+        &self,
+        function: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: a zeroed attribute value is valid for every variant (plain integers);
+        // the one set here is the flag that allows the overlap.
+        let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attribute.id =
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: shared_bytes,
+            hStream: self.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: 1,
+        };
+        // SAFETY: `config` and `attribute` outlive the call; the rest is the caller's.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                function.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(CudaError::from)
+    }
+
     /// [`Cuda::launch`] on another stream of this context.
     ///
     /// # Safety

@@ -7,6 +7,7 @@ use cudarc::driver::{result, sys};
 use hyperrec_stage::{Batch, Event, Stage, StageError};
 
 use crate::device::{Cuda, CudaBuffer};
+use crate::rerank::Overlap;
 use crate::similarity::SMALL_BATCH;
 use crate::{CudaCache, CudaError, CudaFusion, CudaRerank, CudaSimilarity, MemoryReport};
 
@@ -69,6 +70,9 @@ pub struct GpuPath {
     graphs: HashMap<Vec<u64>, Captured>,
     /// Every stage's per-batch records in one device buffer, uploaded in one copy.
     arena: RecordArena,
+    /// Whether the batch-1 rerank starts while the similarity kernel finishes (a
+    /// programmatic dependent launch); off only to measure what that overlap gains.
+    rerank_overlap: bool,
     /// Graphs launched / captured since creation.
     replays: u64,
     captures: u64,
@@ -83,6 +87,7 @@ impl GpuPath {
             rerank,
             graphs: HashMap::new(),
             arena: RecordArena::default(),
+            rerank_overlap: true,
             replays: 0,
             captures: 0,
         }
@@ -239,7 +244,14 @@ impl GpuPath {
         if self.cache.is_none() && self.similarity.fused_batch_one(batch) {
             let fold = self.fusion.fold_args(cuda, batch)?;
             self.similarity.enqueue_folded(cuda, batch, fold)?;
-            return self.rerank.enqueue(cuda, batch);
+            // The rerank gathers its history and context rows while the similarity kernel
+            // finishes its selection (its last block), then waits for the candidates.
+            let overlap = if self.rerank_overlap {
+                Overlap::PreviousKernel
+            } else {
+                Overlap::None
+            };
+            return self.rerank.enqueue_with(cuda, batch, overlap);
         }
         // Without the cache (whose folded history term changes the queries after fusion),
         // a batch that the similarity scores by GEMM reads fp16 queries: the fusion kernel
@@ -299,6 +311,7 @@ impl GpuPath {
             batch.result_scores.device_ptr(),
             batch.result_retrieval_scores.device_ptr(),
             batch.result_attributions.device_ptr(),
+            u64::from(self.rerank_overlap),
         ];
         key.extend(self.fusion.graph_key());
         if let Some(cache) = &self.cache {
@@ -307,6 +320,13 @@ impl GpuPath {
         key.extend(self.similarity.graph_key());
         key.extend(self.rerank.graph_key());
         key
+    }
+
+    /// Turns the batch-1 rerank's overlap with the similarity kernel on (the default) or
+    /// off, for benchmarks that measure it.
+    #[doc(hidden)]
+    pub fn set_rerank_overlap(&mut self, on: bool) {
+        self.rerank_overlap = on;
     }
 
     /// (graph launches, captures) so far.

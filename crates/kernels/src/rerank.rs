@@ -26,6 +26,18 @@ const CHUNK: usize = 64;
 /// heads, not the GPU's width, bounds the latency.
 const SPLIT_HEADS_BATCH: usize = 8;
 
+/// Whether a rerank launch may overlap the kernel enqueued before it (see
+/// [`Cuda::launch_dependent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Overlap {
+    /// Start after everything before it on the stream (any kind of work may precede).
+    None,
+    /// The previous operation on the stream is a kernel: start while it still runs and
+    /// wait for its writes inside the kernel (the fused builds only; the others wait at
+    /// launch as usual).
+    PreviousKernel,
+}
+
 /// The builds of the rerank kernels (`cuda/rerank.cu`). `Staged` and `Async` compute
 /// bit-identical results (attention, then `rerank_select`); `Fused` applies the scalar
 /// factors to fp32 accumulators instead of fp16 operands, so it agrees with them (and the
@@ -746,6 +758,19 @@ impl CudaRerank {
         cuda: &Cuda,
         batch: &mut Batch<Cuda>,
     ) -> Result<(), StageError> {
+        self.enqueue_with(cuda, batch, Overlap::None)
+    }
+
+    /// [`CudaRerank::enqueue`], where `overlap` says whether the fused kernel may start
+    /// while the previous kernel on the stream (the one that writes the candidates) still
+    /// runs: the kernel gathers its history and context rows first and waits for that
+    /// kernel's writes only before it reads the candidates and the fused queries.
+    pub(crate) fn enqueue_with(
+        &mut self,
+        cuda: &Cuda,
+        batch: &mut Batch<Cuda>,
+        overlap: Overlap,
+    ) -> Result<(), StageError> {
         let n = batch.len();
         let results = batch.results;
         let slots = batch.slots;
@@ -889,14 +914,23 @@ impl CudaRerank {
             // `src_rows` rows of a buffer (slots is the batch's most), reranked <=
             // FUSED_MAX_RERANKED and the shared memory within the limit (choose_kernel);
             // the cluster build's grid is its compiled cluster shape (1, 4, 1).
+            // With `Overlap::PreviousKernel` the kernel reads only the records, the device
+            // tables and the context rows before its `griddepcontrol.wait`: none of them is
+            // written by a kernel of the path.
             unsafe {
-                cuda.launch(
-                    kernel,
-                    (n as u32, blocks_per_query, 1),
-                    (FUSED_THREADS, 1, 1),
-                    fused_bytes as u32,
-                    &mut kernel_params,
-                )?;
+                let (grid, block) = ((n as u32, blocks_per_query, 1), (FUSED_THREADS, 1, 1));
+                match overlap {
+                    Overlap::None => {
+                        cuda.launch(kernel, grid, block, fused_bytes as u32, &mut kernel_params)?
+                    }
+                    Overlap::PreviousKernel => cuda.launch_dependent(
+                        kernel,
+                        grid,
+                        block,
+                        fused_bytes as u32,
+                        &mut kernel_params,
+                    )?,
+                }
             }
             return Ok(());
         }

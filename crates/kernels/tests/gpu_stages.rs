@@ -821,3 +821,71 @@ fn graph_replay_matches_eager_stages() {
         "seed {seed}: the graph was replayed {replays} times ({captures} captures)"
     );
 }
+
+/// Batches launched back to back without a synchronization in between (a server keeps
+/// several in flight) each read their own records and write their own results, equal to
+/// each batch run alone: the path shares one record arena between its batches, so a batch's
+/// records must not reach the device before the previous batch's kernels have read theirs.
+/// A long fill kernel first holds the queue, so that all three batches are pending while
+/// the host prepares the next ones (two of batch 1, whose rerank overlaps the similarity).
+#[test]
+fn batches_in_flight_keep_their_own_records() {
+    let Some(cuda) = cuda_or_skip("batches_in_flight_keep_their_own_records") else {
+        return;
+    };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let items = random_items(&mut rng, 6000, DIM);
+    let users = random_users(&mut rng, &items, 200, 60);
+    let tables = tables(&cuda, &items, &users);
+    let vocabulary = common::random_vocabulary(&mut rng, DIM);
+    let mut streamed = common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
+    let mut reference = common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
+    // Batch 1 runs the fused batch-1 kernel with the rerank overlapped, batch 8 the others.
+    let sizes = [1usize, 8, 1];
+    let mut batches: Vec<Batch<Cuda>> = sizes
+        .iter()
+        .map(|_| Batch::new(&cuda, DIM).expect("batch"))
+        .collect();
+    const FILL_ROWS: usize = 1 << 20;
+    let mut busy = cuda.zeros::<u16>(FILL_ROWS * DIM).expect("fill buffer");
+    for round in 0..6 {
+        let inputs: Vec<(Vec<Request>, Vec<f32>)> = sizes
+            .iter()
+            .map(|&n| {
+                (
+                    random_requests(&mut rng, 200, n, 10),
+                    random_queries(&mut rng, n, DIM),
+                )
+            })
+            .collect();
+        cuda.fill_random_unit_rows(&mut busy, FILL_ROWS, DIM, seed ^ round)
+            .expect("fill");
+        for (batch, (requests, queries)) in batches.iter_mut().zip(&inputs) {
+            batch.reset(&cuda, requests.clone()).expect("reset");
+            cuda.upload(queries, &mut batch.query_embeddings)
+                .expect("upload");
+            streamed.run(&cuda, batch).expect("streamed path");
+        }
+        cuda.synchronize().expect("synchronize");
+        for (i, (batch, (requests, queries))) in batches.iter().zip(&inputs).enumerate() {
+            let mut alone = Batch::new(&cuda, DIM).expect("batch");
+            alone.reset(&cuda, requests.clone()).expect("reset");
+            cuda.upload(queries, &mut alone.query_embeddings)
+                .expect("upload");
+            reference.run(&cuda, &mut alone).expect("reference path");
+            cuda.synchronize().expect("synchronize");
+            let context = format!("seed {seed}, round {round}, batch {i}");
+            assert_eq!(
+                download(&cuda, &batch.result_ids),
+                download(&cuda, &alone.result_ids),
+                "{context}: result ids"
+            );
+            assert_eq!(
+                download(&cuda, &batch.result_scores),
+                download(&cuda, &alone.result_scores),
+                "{context}: result scores"
+            );
+        }
+    }
+}

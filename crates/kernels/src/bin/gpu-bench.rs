@@ -38,6 +38,9 @@ struct Args {
     profile_batch1: usize,
     /// Batch size of the `--profile-batch1` runs.
     profile_size: usize,
+    /// When nonzero: only compare the batch-1 path's variants over this many alternating
+    /// rounds, then exit.
+    batch1_ab: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -47,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
         big_users: 10_000_000,
         profile_batch1: 0,
         profile_size: 1,
+        batch1_ab: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--big-users" => args.big_users = value,
             "--profile-batch1" => args.profile_batch1 = value,
             "--profile-size" => args.profile_size = value.max(1),
+            "--batch1-ab" => args.batch1_ab = value,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -413,6 +418,51 @@ fn main() -> anyhow::Result<()> {
 
     let mut results: Vec<(String, f64, &str)> = Vec::new();
 
+    if args.batch1_ab > 0 {
+        // The batch-1 path's variants alternated round by round on one batch, so that a
+        // drift of the host or the clocks hits every variant alike.
+        let vocabulary = vocabulary(&mut rng);
+        let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
+        let mut batch = query_batch(&cuda, &mut rng, args.users, 1)?;
+        let variants: [(&str, bool); 2] = [
+            ("default (rerank overlapped)", true),
+            ("rerank not overlapped", false),
+        ];
+        let mut walls = vec![Vec::new(); variants.len()];
+        let mut events = vec![Vec::new(); variants.len()];
+        for _ in 0..args.batch1_ab {
+            for (i, (_, overlap)) in variants.iter().enumerate() {
+                path.set_rerank_overlap(*overlap);
+                walls[i].push(wall_time(&cuda, args.reps, || {
+                    Ok(path.run(&cuda, &mut batch)?)
+                })?);
+                events[i].push(device_time(&cuda, args.reps, || {
+                    Ok(path.run(&cuda, &mut batch)?)
+                })?);
+            }
+        }
+        for (i, (label, _)) in variants.iter().enumerate() {
+            let spread = |xs: &[f64]| {
+                let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = xs.iter().copied().fold(0.0, f64::max);
+                format!("{lo:.1}..{hi:.1}")
+            };
+            println!(
+                "| path (graph), batch 1, {label}: wall median of {} rounds | {:.1} | us (rounds {}) |",
+                args.batch1_ab,
+                median(walls[i].clone()),
+                spread(&walls[i])
+            );
+            println!(
+                "| path (graph), batch 1, {label}: events median of {} rounds | {:.1} | us (rounds {}) |",
+                args.batch1_ab,
+                median(events[i].clone()),
+                spread(&events[i])
+            );
+        }
+        return Ok(());
+    }
+
     if args.profile_batch1 > 0 {
         let vocabulary = vocabulary(&mut rng);
         let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
@@ -742,6 +792,22 @@ fn main() -> anyhow::Result<()> {
             ));
             results.push((
                 "path (graph), batch 1, events (fp16 first pass)".into(),
+                events,
+                "us",
+            ));
+            // The rerank launched only once the similarity kernel has finished (no
+            // programmatic dependent launch): what the overlap of its prologue gains.
+            path.set_rerank_overlap(false);
+            let us = wall_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            let events = device_time(&cuda, args.reps, || Ok(path.run(&cuda, &mut batch)?))?;
+            path.set_rerank_overlap(true);
+            results.push((
+                "path (graph), batch 1, wall per batch (rerank not overlapped)".into(),
+                us,
+                "us",
+            ));
+            results.push((
+                "path (graph), batch 1, events (rerank not overlapped)".into(),
                 events,
                 "us",
             ));
