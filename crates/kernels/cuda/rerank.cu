@@ -64,6 +64,9 @@ struct RerankParams {
     float* out_scores;
     float* out_retrieval;
     float* out_attributions;
+    // Fused builds: phase marks of query 0 when non-null (CudaRerank::set_trace), 8 words
+    // per block of the cluster.
+    unsigned* trace;
 };
 
 // Grid (n, ceil(reranked / CHUNK), parts), WARPS * 32 threads. Dynamic shared memory:
@@ -668,6 +671,16 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
 
     const unsigned q = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31;
     const unsigned rank = CLUSTER ? blockIdx.y : 0u, head_step = CLUSTER ? CLUSTER_BLOCKS : 1u;
+    // Phase marks for a measurement harness: the global timer's low 32 bits (ns).
+    unsigned* const marks = p.trace != nullptr && q == 0 && t == 0 ? p.trace + rank * 8 : nullptr;
+    auto mark = [&](unsigned phase) {
+        if (marks) {
+            unsigned long long ns;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+            marks[phase] = (unsigned)ns;
+        }
+    };
+    mark(0);
     // The query's records: independent loads, issued together.
     const unsigned user = p.q_user[q];
     const unsigned hist_count = p.q_hist_count[q], hist_begin = p.q_hist_begin[q];
@@ -746,9 +759,11 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     };
     const bool first_head = n_src > 0 && rank < p.heads;
     if (first_head) load_sources(rank, 0);
+    mark(1);
 
     // Everything below may read the previous kernel's writes (candidates, fused queries).
     grid_dependency_wait();
+    mark(2);
     if (t >= MAX_SLOTS && t < MAX_SLOTS + FUSED_MAX_CAND) {
         const unsigned c = t - MAX_SLOTS;
         unsigned item = NO_ITEM;
@@ -787,6 +802,7 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         // buffer: the next head's rows go there while this head computes.
         cp_async_wait_all_groups();
         __syncthreads();
+        if (h == rank) mark(3);
         if (h + head_step < p.heads) {
             load_sources(h + head_step, b ^ 1);
             load_candidates(h + head_step, b ^ 1);
@@ -1006,6 +1022,7 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     // This block's attention and attribution sums to shared memory (the row buffers are
     // free once every warp is past its last head).
     __syncthreads();
+    mark(4);
     if (warp_active) {
         if (t4 == 0) {
             attention[warp * 16 + g] = att[0];
@@ -1035,6 +1052,7 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         }
     }
     __syncthreads();
+    mark(5);
 
     if (rank == 0) {
         // Final scores -> sort keys (score key, 22-bit inverted item id, 10-bit position).
@@ -1070,6 +1088,7 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         __syncthreads();
         if (t < padded) keys[t] = v;
         __syncthreads();
+        mark(6);
 
         for (unsigned i = t; i < p.results; i += blockDim.x) {
             const unsigned long long key = i < padded ? keys[i] : 0ull;
@@ -1105,6 +1124,7 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     }
     // The other blocks' shared memory stays alive until block 0 has read it.
     if constexpr (CLUSTER) cg::this_cluster().sync();
+    mark(7);
 }
 
 extern "C" __global__ void __launch_bounds__(FUSED_WARPS * 32, 2)

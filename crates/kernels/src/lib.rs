@@ -53,7 +53,8 @@ pub use path::GpuPath;
 #[cfg(feature = "cuda")]
 pub use rerank::{
     CLUSTER_MAX_BATCH, CudaRerank, FUSED_MAX_RERANKED, MAX_RERANKED, MAX_SLOTS, RerankKernel,
-    fill_sources, plan_sources,
+    TRACE_BLOCKS as RERANK_TRACE_BLOCKS, TRACE_MARKS as RERANK_TRACE_MARKS, fill_sources,
+    plan_sources,
 };
 #[cfg(feature = "cuda")]
 pub use similarity::{

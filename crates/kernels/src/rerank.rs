@@ -64,6 +64,9 @@ pub enum RerankKernel {
 /// Batches up to this size run `rerank_fused_cluster` (4 blocks per query, 2 per SM: up to
 /// 64 queries fill one wave of the H100's 132 SMs); larger ones `rerank_fused`.
 pub const CLUSTER_MAX_BATCH: usize = 64;
+/// Words of a traced launch ([`CudaRerank::set_trace`]): marks per block, blocks.
+pub const TRACE_MARKS: usize = 8;
+pub const TRACE_BLOCKS: usize = CLUSTER_BLOCKS as usize;
 /// Blocks per query of `rerank_fused_cluster` (`CLUSTER_BLOCKS` in `cuda/rerank.cu`).
 const CLUSTER_BLOCKS: u32 = 4;
 
@@ -417,6 +420,8 @@ struct RerankParams {
     out_scores: u64,
     out_retrieval: u64,
     out_attributions: u64,
+    /// Phase marks of the fused builds for query 0, or 0 (see [`CudaRerank::set_trace`]).
+    trace: u64,
 }
 
 /// `Some(alpha)` when `matrix` (`[dim, dim]`) is exactly `alpha` times the identity.
@@ -561,6 +566,8 @@ pub struct CudaRerank {
     projected_fused: CudaBuffer<u16>,
     final_scores: CudaBuffer<f32>,
     attributions: CudaBuffer<f32>,
+    /// Phase marks of the fused builds, when a measurement harness asked for them.
+    trace: Option<CudaBuffer<u32>>,
 }
 
 impl CudaRerank {
@@ -629,7 +636,37 @@ impl CudaRerank {
             projected_fused: cuda.alloc(0)?,
             final_scores: cuda.alloc(0)?,
             attributions: cuda.alloc(0)?,
+            trace: None,
         })
+    }
+
+    /// Makes the fused builds write phase marks for query 0 on every launch from now on, or
+    /// stops it: per block of its cluster (`TRACE_BLOCKS` x `TRACE_MARKS` words, block `r`
+    /// at `r * TRACE_MARKS`) the low 32 bits of the global nanosecond timer at its start,
+    /// once its sources are on their way (before it waits for the previous kernel), once
+    /// that wait returned, once its first head's rows have landed, after its heads, after
+    /// the cluster's attention sum, after the sort and at its end (the last three on block
+    /// 0 only).
+    #[doc(hidden)]
+    pub fn set_trace(&mut self, cuda: &Cuda, on: bool) -> Result<(), CudaError> {
+        self.trace = None;
+        if on {
+            let mut trace = cuda.alloc(TRACE_BLOCKS * TRACE_MARKS)?;
+            cuda.memset_zero(&mut trace)?;
+            self.trace = Some(trace);
+        }
+        Ok(())
+    }
+
+    /// The phase marks of the last traced launch (empty without [`CudaRerank::set_trace`]).
+    #[doc(hidden)]
+    pub fn trace_marks(&self, cuda: &Cuda) -> Result<Vec<u32>, CudaError> {
+        let mut marks = Vec::new();
+        if let Some(trace) = &self.trace {
+            marks.resize(trace.len(), 0);
+            cuda.download_at_on(cuda.stream(), trace, 0, &mut marks)?;
+        }
+        Ok(marks)
     }
 
     /// Uploads the projected context phrases when the vocabulary changed.
@@ -901,6 +938,7 @@ impl CudaRerank {
             out_scores: batch.result_scores.device_ptr(),
             out_retrieval: batch.result_retrieval_scores.device_ptr(),
             out_attributions: batch.result_attributions.device_ptr(),
+            trace: self.trace.as_ref().map_or(0, CudaBuffer::device_ptr),
         };
         let mut kernel_params = [arg(&params)];
         if fused {
@@ -1010,6 +1048,7 @@ impl CudaRerank {
             // A fixed build (an automatic one follows the batch size, already in the key).
             self.kernel.map_or(0, |kernel| kernel as u64 + 1),
             self.packed.device_ptr(),
+            self.trace.as_ref().map_or(0, CudaBuffer::device_ptr),
             self.ctx_keys.device_ptr(),
             self.ctx_values.device_ptr(),
             self.fused_half.device_ptr(),

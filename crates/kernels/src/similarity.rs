@@ -461,6 +461,9 @@ pub struct CudaSimilarity {
     /// `fused + offset` when the path folds the cache's history term into the query.
     fused_offset: CudaBuffer<f32>,
     scores: CudaBuffer<u16>,
+    /// Phase marks of the fused batch-1 kernel, when a measurement harness asked for them
+    /// ([`CudaSimilarity::set_trace`]).
+    trace: Option<CudaBuffer<u32>>,
 }
 
 impl CudaSimilarity {
@@ -494,7 +497,27 @@ impl CudaSimilarity {
             fused_half: cuda.alloc(0)?,
             fused_offset: cuda.alloc(0)?,
             scores: cuda.alloc(0)?,
+            trace: None,
         })
+    }
+
+    /// Makes the fused batch-1 kernel write its phase marks (the layout of
+    /// [`crate::SimilarityOne::enqueue_traced`]) on every launch from now on, or stops it.
+    #[doc(hidden)]
+    pub fn set_trace(&mut self, cuda: &Cuda, on: bool) -> Result<(), CudaError> {
+        self.trace = if on { Some(cuda.alloc(0)?) } else { None };
+        Ok(())
+    }
+
+    /// The phase marks of the last traced launch (empty without [`CudaSimilarity::set_trace`]).
+    #[doc(hidden)]
+    pub fn trace_marks(&self, cuda: &Cuda) -> Result<Vec<u32>, CudaError> {
+        let mut marks = Vec::new();
+        if let Some(trace) = &self.trace {
+            marks.resize(trace.len(), 0);
+            cuda.download_at_on(cuda.stream(), trace, 0, &mut marks)?;
+        }
+        Ok(marks)
     }
 
     /// Chooses the top-K kernel (all select the same items; tests and comparisons). A
@@ -722,7 +745,7 @@ impl CudaSimilarity {
                     top_scores: &mut batch.candidate_scores,
                 },
                 None,
-                None,
+                self.trace.as_mut(),
             )?;
             return Ok(());
         }
@@ -767,6 +790,7 @@ impl CudaSimilarity {
             self.fused_one.device_ptr(),
             self.strategy.map_or(0, |s| s as u64 + 1),
             self.one_pass as u64,
+            self.trace.as_ref().map_or(0, CudaBuffer::device_ptr),
             tables.items().device_ptr(),
             offsets.device_ptr(),
             lens.device_ptr(),

@@ -41,6 +41,9 @@ struct Args {
     /// When nonzero: only compare the batch-1 path's variants over this many alternating
     /// rounds, then exit.
     batch1_ab: usize,
+    /// When nonzero: only trace this many batch-1 path runs (the similarity kernel's and
+    /// the rerank's phase marks on one timeline), then exit.
+    trace_batch1: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -51,6 +54,7 @@ fn parse_args() -> anyhow::Result<Args> {
         profile_batch1: 0,
         profile_size: 1,
         batch1_ab: 0,
+        trace_batch1: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +70,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--profile-batch1" => args.profile_batch1 = value,
             "--profile-size" => args.profile_size = value.max(1),
             "--batch1-ab" => args.batch1_ab = value,
+            "--trace-batch1" => args.trace_batch1 = value,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -210,6 +215,76 @@ fn device_time(
         times.push(cuda.elapsed(&start, &end)?.as_secs_f64() * 1e6);
     }
     Ok(median(times))
+}
+
+/// Runs the batch-1 path `runs` times (after a warm-up) with the similarity kernel's and the
+/// rerank's phase marks, and prints the medians of each mark relative to the similarity
+/// kernel's first block start, in ns.
+fn trace_batch1(
+    cuda: &Cuda,
+    path: &mut GpuPath,
+    batch: &mut Batch<Cuda>,
+    runs: usize,
+    overlap: bool,
+) -> anyhow::Result<()> {
+    const MARKS: [&str; 8] = [
+        "start",
+        "sources issued, before the wait",
+        "wait returned",
+        "first head's rows landed",
+        "heads done",
+        "cluster's attention summed",
+        "sorted (block 0)",
+        "end (block 0)",
+    ];
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut push = |name: String, value: f64| match rows.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, values)) => values.push(value),
+        None => rows.push((name, vec![value])),
+    };
+    for run in 0..runs + 5 {
+        path.run(cuda, batch)?;
+        cuda.synchronize()?;
+        if run < 5 {
+            continue;
+        }
+        let similarity = path.similarity.trace_marks(cuda)?;
+        let rerank = path.rerank.trace_marks(cuda)?;
+        let blocks = similarity.len() / 8 - 1;
+        let first = (0..blocks)
+            .map(|b| similarity[8 * b])
+            .fold(similarity[0], |a, m| {
+                if (m.wrapping_sub(a) as i32) < 0 { m } else { a }
+            });
+        let at = |mark: u32| f64::from(mark.wrapping_sub(first) as i32);
+        let last_ticket = (0..blocks)
+            .map(|b| at(similarity[8 * b + 1]))
+            .fold(f64::NEG_INFINITY, f64::max);
+        push("similarity: last ticket".into(), last_ticket);
+        push(
+            "similarity: last block end".into(),
+            at(similarity[8 * blocks + 4]),
+        );
+        for (phase, name) in MARKS.iter().enumerate() {
+            let per_block: Vec<f64> = (0..hyperrec_kernels::RERANK_TRACE_BLOCKS)
+                .map(|r| rerank[r * hyperrec_kernels::RERANK_TRACE_MARKS + phase])
+                .filter(|&m| m != 0)
+                .map(at)
+                .collect();
+            if per_block.is_empty() {
+                continue;
+            }
+            let latest = per_block.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            push(format!("rerank: {name} (latest block)"), latest);
+        }
+    }
+    println!(
+        "batch-1 trace, rerank overlapped: {overlap} (medians of {runs} runs, ns after the similarity kernel's first block start)"
+    );
+    for (name, values) in rows {
+        println!("| {name} | {:.0} | ns |", median(values));
+    }
+    Ok(())
 }
 
 /// Median wall time (µs) of `work` including a final synchronize (host work included).
@@ -417,6 +492,19 @@ fn main() -> anyhow::Result<()> {
     println!("device tables: {:.1} s", t.elapsed().as_secs_f64());
 
     let mut results: Vec<(String, f64, &str)> = Vec::new();
+
+    if args.trace_batch1 > 0 {
+        let vocabulary = vocabulary(&mut rng);
+        let mut path = path(&cuda, &host_users, &tables, &vocabulary)?;
+        let mut batch = query_batch(&cuda, &mut rng, args.users, 1)?;
+        path.similarity.set_trace(&cuda, true)?;
+        path.rerank.set_trace(&cuda, true)?;
+        for overlap in [true, false] {
+            path.set_rerank_overlap(overlap);
+            trace_batch1(&cuda, &mut path, &mut batch, args.trace_batch1, overlap)?;
+        }
+        return Ok(());
+    }
 
     if args.batch1_ab > 0 {
         // The batch-1 path's variants alternated round by round on one batch, so that a
