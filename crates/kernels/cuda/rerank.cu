@@ -562,8 +562,9 @@ rerank_select(const float* __restrict__ final_scores, const float* __restrict__ 
 // mma.sync m16n8k16 (fp16 operands from ldmatrix, fp32 accumulators): a candidate row's
 // values of an n8 source tile live in one lane quad, so the two-pool softmax, the
 // contribution and the attributions stay in registers (quad shuffles), the attributions
-// accumulating over the heads. Finally the block sorts its final scores (bitonic, keys as
-// in rerank_select) and writes only the `results` winners.
+// accumulating over the heads. Finally the block ranks its final scores (keys as in
+// rerank_select; each candidate counts the keys above its own) and writes only the
+// `results` winners.
 //
 // FUSED_SHARE_QV: q_table == v_table, a candidate's query and value rows are one row
 // (loaded once). FUSED_SHARE_KV: k_table == v_table, a history source's key and value rows
@@ -643,8 +644,9 @@ __device__ __forceinline__ void cp_async_wait_all_groups() {
 // CLUSTER = false (`rerank_fused`): grid (n), one block runs every head.
 // CLUSTER = true (`rerank_fused_cluster`, small batches, where one block's serial walk over
 // the heads bounds the latency): grid (n, CLUSTER_BLOCKS), a cluster per query; block r runs
-// heads r, r + CLUSTER_BLOCKS, ...; block 0 sums the blocks' attention and attributions
-// through distributed shared memory, sorts and writes.
+// heads r, r + CLUSTER_BLOCKS, ...; then every block sums the blocks' attention through
+// distributed shared memory and ranks the final scores (the same in each), block 0 writes
+// the winners and each block a quarter of their attribution rows (summed likewise).
 template <bool CLUSTER>
 __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     extern __shared__ __align__(32) unsigned char smem[];
@@ -658,9 +660,12 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     const unsigned k_off = cand_rows * hdp * (share_qv ? 1 : 2), v_off = k_off + src_rows * hdp;
     const unsigned pf_off = v_off + src_rows * hdp, buf_halves = pf_off + hd;
     __half* rows = reinterpret_cast<__half*>(smem);
-    // After the heads the row buffers hold the attribution sums [cand_rows][src_rows].
+    // After the heads the row buffers hold the attribution sums [cand_rows][attr_ld]: rows
+    // padded by 8 floats, so that the 8 rows a warp's float2 stores hit (one per lane quad)
+    // start in different banks (unpadded, all 8 start in bank 0: 8-way conflicts).
     float* attr_sum = reinterpret_cast<float*>(smem);
-    const unsigned rows_bytes = max(2 * buf_halves * 2, cand_rows * src_rows * 4);
+    const unsigned attr_ld = src_rows + 8;
+    const unsigned rows_bytes = max(2 * buf_halves * 2, cand_rows * attr_ld * 4);
     unsigned long long* keys = reinterpret_cast<unsigned long long*>(smem + rows_bytes);  // [128]
     float* product_factor = reinterpret_cast<float*>(keys + FUSED_MAX_CAND);  // [MAX_SLOTS]
     float* logit_bias = product_factor + MAX_SLOTS;                           // [MAX_SLOTS]
@@ -668,6 +673,8 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
     unsigned* cand = slot_item + MAX_SLOTS;                                  // [128]
     float* cand_score = reinterpret_cast<float*>(cand + FUSED_MAX_CAND);     // [128]
     float* attention = cand_score + FUSED_MAX_CAND;                          // [128]
+    unsigned* winner = reinterpret_cast<unsigned*>(attention + FUSED_MAX_CAND);  // [128]
+    float* final_score = reinterpret_cast<float*>(winner + FUSED_MAX_CAND);     // [128]
 
     const unsigned q = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31;
     const unsigned rank = CLUSTER ? blockIdx.y : 0u, head_step = CLUSTER ? CLUSTER_BLOCKS : 1u;
@@ -1030,99 +1037,95 @@ __device__ __forceinline__ void rerank_fused_body(const RerankParams p) {
         }
 #pragma unroll
         for (unsigned r = 0; r < 2; ++r) {
-            float* row = attr_sum + (warp * 16 + g + 8 * r) * src_rows;
+            float* row = attr_sum + (warp * 16 + g + 8 * r) * attr_ld;
 #pragma unroll
             for (unsigned j = 0; j < SRC_TILES; ++j)
-                if (j * 8 < src_rows) {
-                    row[j * 8 + 2 * t4] = attr[j][2 * r];
-                    row[j * 8 + 2 * t4 + 1] = attr[j][2 * r + 1];
-                }
+                if (j * 8 < src_rows)
+                    *reinterpret_cast<float2*>(row + j * 8 + 2 * t4) =
+                        make_float2(attr[j][2 * r], attr[j][2 * r + 1]);
         }
     }
     namespace cg = cooperative_groups;
-    if constexpr (CLUSTER) {
-        // Every block's sums are written and visible cluster-wide; block 0 adds the others'
-        // attention to its own (attributions are added for the winners only, below).
-        cg::this_cluster().sync();
-        if (rank == 0 && t < reranked) {
-            float sum = attention[t];
-            for (unsigned other = 1; other < CLUSTER_BLOCKS; ++other)
+    // Every block's sums are written (and, in a cluster, visible cluster-wide).
+    if constexpr (CLUSTER) cg::this_cluster().sync();
+    else __syncthreads();
+
+    // Every block of a cluster finishes alike: it sums the blocks' attention in rank order
+    // (the same bits everywhere) into its own final scores, ranks them, and writes its
+    // share of the winners' attribution rows; none overwrites what the others read.
+    // Final scores -> keys (score key, 22-bit inverted item id, 10-bit position): distinct
+    // for the valid candidates, 0 for the others.
+    unsigned long long v = 0;
+    if (t < reranked) {
+        float sum = 0.0f;
+        if constexpr (CLUSTER) {
+            for (unsigned other = 0; other < CLUSTER_BLOCKS; ++other)
                 sum += cg::this_cluster().map_shared_rank(attention, other)[t];
-            attention[t] = sum;
+        } else {
+            sum = attention[t];
         }
+        const unsigned item = cand[t];
+        const float r = cand_score[t];
+        const float score = n_src == 0 ? r : p.w_retrieval * r + p.w_attention * sum + p.bias;
+        final_score[t] = score;
+        if (item != NO_ITEM && score != -INFINITY)
+            v = ((unsigned long long)float_key(score) << 32) |
+                ((unsigned long long)(0x3fffffu - (item & 0x3fffffu)) << 10) | t;
+    }
+    if (t < FUSED_MAX_CAND) {
+        keys[t] = v;
+        winner[t] = NO_ITEM;
     }
     __syncthreads();
     mark(5);
+    // Each valid candidate's place is the number of keys above its own (no sort: only the
+    // first `results` places are written, by the candidates that hold them).
+    if (v != 0) {
+        unsigned place = 0;
+#pragma unroll 8
+        for (unsigned j = 0; j < reranked; ++j) place += keys[j] > v;
+        if (place < p.results) winner[place] = t;
+    }
+    __syncthreads();
+    mark(6);
 
-    if (rank == 0) {
-        // Final scores -> sort keys (score key, 22-bit inverted item id, 10-bit position).
-        unsigned padded = 32;
-        while (padded < reranked) padded <<= 1;
-        unsigned long long v = 0;
-        if (t < reranked) {
-            const unsigned item = cand[t];
-            const float r = cand_score[t];
-            const float score =
-                n_src == 0 ? r : p.w_retrieval * r + p.w_attention * attention[t] + p.bias;
-            attention[t] = score;  // the final score from here on
-            if (item != NO_ITEM && score != -INFINITY)
-                v = ((unsigned long long)float_key(score) << 32) |
-                    ((unsigned long long)(0x3fffffu - (item & 0x3fffffu)) << 10) | t;
-        }
-        // Bitonic sort, descending, one key per thread of the first `padded` (<= 128).
-        for (unsigned size = 2; size <= padded; size <<= 1) {
-            for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
-                unsigned long long other;
-                if (stride >= 32) {
-                    __syncthreads();
-                    if (t < padded) keys[t] = v;
-                    __syncthreads();
-                    other = t < padded ? keys[t ^ stride] : 0ull;
-                } else {
-                    other = __shfl_xor_sync(0xffffffffu, v, stride);
-                }
-                const bool descending = (t & size) == 0, lower = (t & stride) == 0;
-                v = (lower == descending) ? (v > other ? v : other) : (v < other ? v : other);
-            }
-        }
-        __syncthreads();
-        if (t < padded) keys[t] = v;
-        __syncthreads();
-        mark(6);
-
+    if (rank == 0)
         for (unsigned i = t; i < p.results; i += blockDim.x) {
-            const unsigned long long key = i < padded ? keys[i] : 0ull;
+            const unsigned at = i < FUSED_MAX_CAND ? winner[i] : NO_ITEM;
             const size_t out = (size_t)q * p.results + i;
-            if (key == 0) {
+            if (at == NO_ITEM) {
                 p.out_ids[out] = NO_ITEM;
                 p.out_scores[out] = -INFINITY;
                 p.out_retrieval[out] = -INFINITY;
             } else {
-                const unsigned at = (unsigned)(key & 1023u);
                 p.out_ids[out] = cand[at];
-                p.out_scores[out] = attention[at];
+                p.out_scores[out] = final_score[at];
                 p.out_retrieval[out] = cand_score[at];
             }
         }
-        // The winners' attribution rows (mean over the heads; zero past the sources and
-        // for padding), summed over the cluster's blocks.
-        const float inv_heads = 1.0f / (float)p.heads;
-        for (unsigned i = t; i < p.results * p.slots; i += blockDim.x) {
-            const unsigned r = i / p.slots, s = i % p.slots;
-            const unsigned long long key = r < padded ? keys[r] : 0ull;
-            float value = 0.0f;
-            if (key != 0 && s < n_src) {
-                const unsigned at = (unsigned)(key & 1023u) * src_rows + s;
+    // The winners' attribution rows (mean over the heads; zero past the sources and for
+    // padding), summed over the cluster's blocks in rank order; block r writes every
+    // out_blocks-th run of blockDim.x entries from run r.
+    const unsigned out_blocks = CLUSTER ? CLUSTER_BLOCKS : 1u;
+    const float inv_heads = 1.0f / (float)p.heads;
+    for (unsigned i = rank * blockDim.x + t; i < p.results * p.slots;
+         i += out_blocks * blockDim.x) {
+        const unsigned r = i / p.slots, s = i % p.slots;
+        const unsigned winner_at = r < FUSED_MAX_CAND ? winner[r] : NO_ITEM;
+        float value = 0.0f;
+        if (winner_at != NO_ITEM && s < n_src) {
+            const unsigned at = winner_at * attr_ld + s;
+            if constexpr (CLUSTER) {
+                for (unsigned other = 0; other < CLUSTER_BLOCKS; ++other)
+                    value += cg::this_cluster().map_shared_rank(attr_sum, other)[at];
+            } else {
                 value = attr_sum[at];
-                if constexpr (CLUSTER)
-                    for (unsigned other = 1; other < CLUSTER_BLOCKS; ++other)
-                        value += cg::this_cluster().map_shared_rank(attr_sum, other)[at];
-                value *= inv_heads;
             }
-            p.out_attributions[(size_t)q * p.results * p.slots + i] = value;
+            value *= inv_heads;
         }
+        p.out_attributions[(size_t)q * p.results * p.slots + i] = value;
     }
-    // The other blocks' shared memory stays alive until block 0 has read it.
+    // Every block's shared memory stays alive until the others have read it.
     if constexpr (CLUSTER) cg::this_cluster().sync();
     mark(7);
 }

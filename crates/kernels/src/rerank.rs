@@ -122,16 +122,17 @@ fn choose_kernel(
 /// Dynamic shared memory of both fused builds: two buffers of one head's rows (candidates
 /// rounded up to 16 rows, query and value rows unless `share_qv`; sources rounded up to
 /// 16 rows, key and value rows; the fused query's head slice), which after the heads hold
-/// the attribution sums (`[candidate rows][source rows]` floats, when larger), then the
-/// per-query tables (sort keys; per-source factors, biases and items; per-candidate ids,
-/// retrieval scores and attention).
+/// the attribution sums (`[candidate rows][source rows + 8]` floats, when larger), then the
+/// per-query tables (rank keys; per-source factors, biases and items; per-candidate ids,
+/// retrieval scores, attention and final scores; the winners' positions).
 fn fused_shared_bytes(head_dim: usize, reranked: usize, slots: usize, share_qv: bool) -> usize {
     let row = head_dim + 8;
     let cand_rows = reranked.div_ceil(16) * 16;
     let src_rows = fused_source_rows(slots);
     let buffer = (cand_rows * if share_qv { 1 } else { 2 } + 2 * src_rows) * row + head_dim;
-    let rows = (2 * buffer * 2).max(cand_rows * src_rows * 4);
-    let tables = FUSED_MAX_RERANKED * 8 + 3 * MAX_SLOTS * 4 + 3 * FUSED_MAX_RERANKED * 4;
+    // The attribution rows are padded by 8 floats (bank-conflict-free stores).
+    let rows = (2 * buffer * 2).max(cand_rows * (src_rows + 8) * 4);
+    let tables = FUSED_MAX_RERANKED * 8 + 3 * MAX_SLOTS * 4 + 5 * FUSED_MAX_RERANKED * 4;
     rows + tables
 }
 
@@ -645,8 +646,8 @@ impl CudaRerank {
     /// at `r * TRACE_MARKS`) the low 32 bits of the global nanosecond timer at its start,
     /// once its sources are on their way (before it waits for the previous kernel), once
     /// that wait returned, once its first head's rows have landed, after its heads, after
-    /// the cluster's attention sum, after the sort and at its end (the last three on block
-    /// 0 only).
+    /// the cluster's attention sum (with the keys written), after the ranking and at its
+    /// end.
     #[doc(hidden)]
     pub fn set_trace(&mut self, cuda: &Cuda, on: bool) -> Result<(), CudaError> {
         self.trace = None;
@@ -1180,11 +1181,14 @@ mod tests {
         let seed_model = fused_shared_bytes(96, 100, MAX_SLOTS, true);
         assert!(2 * (seed_model + 1024) <= 227 * 1024, "{seed_model} bytes");
         // Rows: two buffers of (112 candidate + 2 * 64 source) rows of 104 halves + 96.
-        assert_eq!(seed_model, 2 * 2 * ((112 + 128) * 104 + 96) + 3328);
+        assert_eq!(seed_model, 2 * 2 * ((112 + 128) * 104 + 96) + 4352);
         assert!(fused_shared_bytes(96, 100, 30, true) < fused_shared_bytes(96, 100, 30, false));
-        // After the heads the row bytes hold the attribution sums: [128][64] floats at
+        // After the heads the row bytes hold the attribution sums: [128][64 + 8] floats at
         // the narrowest heads.
-        assert_eq!(fused_shared_bytes(16, 128, 64, true), 128 * 64 * 4 + 3328);
+        assert_eq!(
+            fused_shared_bytes(16, 128, 64, true),
+            128 * (64 + 8) * 4 + 4352
+        );
     }
 
     #[test]

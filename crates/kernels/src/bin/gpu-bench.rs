@@ -233,9 +233,9 @@ fn trace_batch1(
         "wait returned",
         "first head's rows landed",
         "heads done",
-        "cluster's attention summed",
-        "sorted (block 0)",
-        "end (block 0)",
+        "attention summed, keys written",
+        "ranked",
+        "end",
     ];
     let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
     let mut push = |name: String, value: f64| match rows.iter_mut().find(|(n, _)| *n == name) {
