@@ -154,6 +154,13 @@ impl CudaMark {
     }
 }
 
+/// Per-thread stack the context starts with. The driver reserves the stack for every thread
+/// the device can hold at once (2048 per SM: 270K on the H100), so its default of 1 KB is
+/// 264 MiB of device memory, where the largest stack frame of the kernels here is 24 bytes
+/// (`ptxas -v`). A launch that needs more grows the limit (and keeps it), so this is a
+/// floor, not a cap: cuBLAS's kernels get what they need.
+const INITIAL_STACK_BYTES: usize = 32;
+
 /// Every kernel the stages launch, loaded once from the committed PTX.
 pub(crate) struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
@@ -438,8 +445,33 @@ impl Cuda {
             ordinal,
             name,
         };
+        cuda.set_stack_limit(INITIAL_STACK_BYTES)?;
         cuda.blas = cuda.open_blas()?;
         Ok(cuda)
+    }
+
+    /// The context's per-thread stack size (bytes): the driver reserves it for every thread
+    /// the device can hold at once, so it is a fixed share of the device memory in use.
+    #[doc(hidden)]
+    pub fn stack_limit(&self) -> Result<usize, CudaError> {
+        self.bind()?;
+        let mut bytes = 0usize;
+        // SAFETY: a plain query of the bound context.
+        unsafe { sys::cuCtxGetLimit(&mut bytes, sys::CUlimit::CU_LIMIT_STACK_SIZE) }
+            .result()
+            .map_err(CudaError::from)?;
+        Ok(bytes)
+    }
+
+    /// Sets the per-thread stack size (bytes) the driver reserves (see
+    /// [`Cuda::stack_limit`]).
+    #[doc(hidden)]
+    pub fn set_stack_limit(&self, bytes: usize) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: a plain setting of the bound context; the driver synchronizes it.
+        unsafe { sys::cuCtxSetLimit(sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes) }
+            .result()
+            .map_err(CudaError::from)
     }
 
     fn open_blas(&self) -> Result<Option<Blas>, CudaError> {

@@ -44,6 +44,9 @@ struct Args {
     /// When nonzero: only trace this many batch-1 path runs (the similarity kernel's and
     /// the rerank's phase marks on one timeline), then exit.
     trace_batch1: usize,
+    /// When nonzero: the per-thread stack size the context reserves, set before anything
+    /// else (the default is `Cuda::new`'s).
+    stack_bytes: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -55,6 +58,7 @@ fn parse_args() -> anyhow::Result<Args> {
         profile_size: 1,
         batch1_ab: 0,
         trace_batch1: 0,
+        stack_bytes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +75,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--profile-size" => args.profile_size = value.max(1),
             "--batch1-ab" => args.batch1_ab = value,
             "--trace-batch1" => args.trace_batch1 = value,
+            "--stack-bytes" => args.stack_bytes = value,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -479,6 +484,23 @@ fn streamed_time(
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cuda = Cuda::new(0).context("opening the GPU")?;
+    let in_use = |cuda: &Cuda| -> anyhow::Result<f64> {
+        let (free, total) = cuda.memory_info()?;
+        Ok((total - free) as f64 / (1024.0 * 1024.0))
+    };
+    println!(
+        "device memory in use after opening (context, kernels, cuBLAS): {:.1} MiB, stack {} bytes per thread",
+        in_use(&cuda)?,
+        cuda.stack_limit()?
+    );
+    if args.stack_bytes > 0 {
+        cuda.set_stack_limit(args.stack_bytes)?;
+        println!(
+            "device memory in use with a stack of {} bytes per thread: {:.1} MiB",
+            cuda.stack_limit()?,
+            in_use(&cuda)?
+        );
+    }
     println!("device: {} (cuBLAS: {})", cuda.name(), cuda.has_cublas());
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let t = Instant::now();
@@ -976,9 +998,10 @@ fn main() -> anyhow::Result<()> {
     println!("memory at {} users: {memory}", args.users);
     let (free, total) = cuda.memory_info()?;
     println!(
-        "device memory in use (whole process, incl. CUDA context and cuBLAS): {:.1} MiB of {:.1} MiB",
+        "device memory in use (whole process, incl. CUDA context and cuBLAS): {:.1} MiB of {:.1} MiB; stack now {} bytes per thread",
         (total - free) as f64 / 1048576.0,
-        total as f64 / 1048576.0
+        total as f64 / 1048576.0,
+        cuda.stack_limit()?
     );
     results.push((
         format!("device memory, components, {} users (MiB)", args.users),
