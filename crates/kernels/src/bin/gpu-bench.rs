@@ -1132,6 +1132,10 @@ fn main() -> anyhow::Result<()> {
             (total - free) as f64 / 1048576.0,
             "MiB",
         ));
+        println!(
+            "stack after the cache's runs: {} bytes per thread",
+            cuda.stack_limit()?
+        );
     }
 
     // Ten million users: the same path over device tables of that size.
