@@ -720,6 +720,20 @@ impl Cuda {
         Ok(())
     }
 
+    /// The whole of `buffer` after all work of the stream so far (synchronizes it); empty
+    /// for `None`. For measurement harnesses reading phase marks.
+    pub(crate) fn download_words(
+        &self,
+        buffer: Option<&CudaBuffer<u32>>,
+    ) -> Result<Vec<u32>, CudaError> {
+        let mut words = Vec::new();
+        if let Some(buffer) = buffer {
+            words.resize(buffer.len, 0);
+            self.download_at_on(&self.stream, buffer, 0, &mut words)?;
+        }
+        Ok(words)
+    }
+
     /// Launches `function` on the device's stream.
     ///
     /// # Safety

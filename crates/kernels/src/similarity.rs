@@ -512,12 +512,7 @@ impl CudaSimilarity {
     /// The phase marks of the last traced launch (empty without [`CudaSimilarity::set_trace`]).
     #[doc(hidden)]
     pub fn trace_marks(&self, cuda: &Cuda) -> Result<Vec<u32>, CudaError> {
-        let mut marks = Vec::new();
-        if let Some(trace) = &self.trace {
-            marks.resize(trace.len(), 0);
-            cuda.download_at_on(cuda.stream(), trace, 0, &mut marks)?;
-        }
-        Ok(marks)
+        cuda.download_words(self.trace.as_ref())
     }
 
     /// Chooses the top-K kernel (all select the same items; tests and comparisons). A
