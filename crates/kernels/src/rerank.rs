@@ -64,8 +64,9 @@ pub enum RerankKernel {
 /// Batches up to this size run `rerank_fused_cluster` (4 blocks per query, 2 per SM: up to
 /// 64 queries fill one wave of the H100's 132 SMs); larger ones `rerank_fused`.
 pub const CLUSTER_MAX_BATCH: usize = 64;
-/// Words of a traced launch ([`CudaRerank::set_trace`]): marks per block, blocks.
+/// Phase marks per block of a traced launch ([`CudaRerank::set_trace`]).
 pub const TRACE_MARKS: usize = 8;
+/// Blocks of a traced launch's marks (a cluster's).
 pub const TRACE_BLOCKS: usize = CLUSTER_BLOCKS as usize;
 /// Blocks per query of `rerank_fused_cluster` (`CLUSTER_BLOCKS` in `cuda/rerank.cu`).
 const CLUSTER_BLOCKS: u32 = 4;
@@ -949,8 +950,9 @@ impl CudaRerank {
             // FUSED_MAX_RERANKED and the shared memory within the limit (choose_kernel);
             // the cluster build's grid is its compiled cluster shape (1, 4, 1).
             // With `Overlap::PreviousKernel` the kernel reads only the records, the device
-            // tables and the context rows before its `griddepcontrol.wait`: none of them is
-            // written by a kernel of the path.
+            // tables and the context rows before its `griddepcontrol.wait`: no kernel of the
+            // path writes them, and the work that does (uploads, event updates) completed
+            // before the previous kernel started, which this one cannot precede.
             unsafe {
                 let (grid, block) = ((n as u32, blocks_per_query, 1), (FUSED_THREADS, 1, 1));
                 match overlap {
