@@ -150,6 +150,20 @@ __device__ void write_best(unsigned long long* cand, unsigned count, unsigned k_
     }
 }
 
+// How many of a slice's head entries (the first four of its list, best first, of which
+// the slice has `s_count`) lead it at or above bin `kth_bin`: the run the last block takes
+// without reading the list again. KEYED: only entries with a key (int8 lists).
+template <bool KEYED>
+__device__ __forceinline__ unsigned leading_taken(uint4 head, unsigned s_count, unsigned kth_bin) {
+    const unsigned e[4] = {head.x, head.y, head.z, head.w};
+    unsigned n = 0;
+#pragma unroll
+    for (unsigned u = 0; u < 4; ++u)
+        if (n == u && u < s_count && (!KEYED || (e[u] >> 16) != 0u) && (e[u] >> 20) >= kth_bin)
+            ++n;
+    return n;
+}
+
 // atomicAdd(ticket, 1) with release and acquire semantics at GPU scope: publishes what the
 // block wrote before it (after a barrier) and, for the block that draws the last ticket,
 // makes every other block's published writes visible.
@@ -994,11 +1008,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         for (unsigned j = 0; j < HEADS_HELD; ++j) {
             const unsigned s = t + j * ONE_THREADS;
             const unsigned s_count = s < n_slices ? min(slice, n_items - s * slice) : 0u;
-            const unsigned e[4] = {head[j].x, head[j].y, head[j].z, head[j].w};
-            unsigned n = 0;
-#pragma unroll
-            for (unsigned u = 0; u < 4; ++u)
-                if (n == u && u < s_count && (e[u] >> 16) != 0u && (e[u] >> 20) >= kth_bin) ++n;
+            const unsigned n = leading_taken<true>(head[j], s_count, kth_bin);
             taken[j] = n;
             n_scored += min(n, (unsigned)EXACT_HEAD);
             n_unscored += n - min(n, (unsigned)EXACT_HEAD);
@@ -1122,11 +1132,7 @@ similarity_top_k_body(const __half* __restrict__ items, const int4* __restrict__
         for (unsigned j = 0; j < HEADS_HELD; ++j) {
             const unsigned s = t + j * ONE_THREADS;
             const unsigned s_count = s < n_slices ? min(slice, n_items - s * slice) : 0u;
-            const unsigned e[4] = {head[j].x, head[j].y, head[j].z, head[j].w};
-            unsigned n = 0;
-#pragma unroll
-            for (unsigned u = 0; u < 4; ++u)
-                if (n == u && u < s_count && (e[u] >> 20) >= kth_bin) ++n;
+            const unsigned n = leading_taken<false>(head[j], s_count, kth_bin);
             taken[j] = n;
             mine += n;
         }

@@ -747,19 +747,8 @@ impl Cuda {
         shared_bytes: u32,
         params: &mut [*mut c_void],
     ) -> Result<(), CudaError> {
-        self.bind()?;
         // SAFETY: forwarded to the caller.
-        unsafe {
-            result::launch_kernel(
-                function.cu_function(),
-                grid,
-                block,
-                shared_bytes,
-                self.cu_stream(),
-                params,
-            )
-        }
-        .map_err(CudaError::from)
+        unsafe { self.launch_on(&self.stream, function, grid, block, shared_bytes, params) }
     }
 
     /// [`Cuda::launch`] as a programmatic dependent launch (Hopper's PDL): the kernel may

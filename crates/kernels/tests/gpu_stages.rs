@@ -770,6 +770,33 @@ fn rerank_matches_the_cpu_stage() {
     }
 }
 
+/// The whole-path tests' inputs: 6000 random items, 200 users with up to 60 history items,
+/// their device tables and a context vocabulary.
+struct PathWorld {
+    users: SharedUsers,
+    tables: hyperrec_kernels::SharedTables,
+    vocabulary: Arc<hyperrec_rerank::ContextVocabulary>,
+}
+
+impl PathWorld {
+    fn new(cuda: &Cuda, rng: &mut StdRng) -> PathWorld {
+        let items = random_items(rng, 6000, DIM);
+        let users = random_users(rng, &items, 200, 60);
+        let tables = tables(cuda, &items, &users);
+        let vocabulary = common::random_vocabulary(rng, DIM);
+        PathWorld {
+            users,
+            tables,
+            vocabulary,
+        }
+    }
+
+    /// A path of the stock GPU stages over this world.
+    fn stock_path(&self, cuda: &Cuda) -> hyperrec_kernels::GpuPath {
+        common::stock_path(cuda, &self.users, &self.tables, &self.vocabulary, DIM)
+    }
+}
+
 /// Graph replays of the whole path give exactly what the stages give eagerly, also after
 /// the queries change between replays.
 #[test]
@@ -779,13 +806,9 @@ fn graph_replay_matches_eager_stages() {
     };
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let items = random_items(&mut rng, 6000, DIM);
-    let users = random_users(&mut rng, &items, 200, 60);
-    let tables = tables(&cuda, &items, &users);
-    let vocabulary = common::random_vocabulary(&mut rng, DIM);
-    let make = || common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
-    let mut eager = make();
-    let mut graph = make();
+    let world = PathWorld::new(&cuda, &mut rng);
+    let mut eager = world.stock_path(&cuda);
+    let mut graph = world.stock_path(&cuda);
     let requests = random_requests(&mut rng, 200, 16, 10);
     let mut graph_batch = Batch::new(&cuda, DIM).expect("batch");
     for round in 0..4 {
@@ -835,12 +858,9 @@ fn batches_in_flight_keep_their_own_records() {
     };
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let items = random_items(&mut rng, 6000, DIM);
-    let users = random_users(&mut rng, &items, 200, 60);
-    let tables = tables(&cuda, &items, &users);
-    let vocabulary = common::random_vocabulary(&mut rng, DIM);
-    let mut streamed = common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
-    let mut reference = common::stock_path(&cuda, &users, &tables, &vocabulary, DIM);
+    let world = PathWorld::new(&cuda, &mut rng);
+    let mut streamed = world.stock_path(&cuda);
+    let mut reference = world.stock_path(&cuda);
     // Batch 1 runs the fused batch-1 kernel with the rerank overlapped, batch 8 the others.
     let sizes = [1usize, 8, 1];
     let mut batches: Vec<Batch<Cuda>> = sizes

@@ -12,6 +12,7 @@
 #include <vector>
 #include <cuda_fp16.h>
 #include "../cuda/scores.cu"
+#include "stream_other.cuh"
 
 // approx[j] = scale[j] * sum_d query[d] * codes[j, d]: 8 lanes per row, 4 rows per warp
 // step, each lane 3 x 16 codes (dim 384), query slice in registers.
@@ -49,16 +50,6 @@ __global__ void __launch_bounds__(256) item_scores_int8(const signed char* __res
             acc += __shfl_xor_sync(0xffffffffu, acc, offset);
         if (part == 0 && row < n_items) approx[row] = acc * scales[row];
     }
-}
-
-__global__ void stream_other(const float4* __restrict__ data, size_t n, float* sink) {
-    float4 acc = make_float4(0, 0, 0, 0);
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const float4 v = data[i];
-        acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
-    }
-    if (acc.x == 12345.0f) *sink = acc.y + acc.z + acc.w;
 }
 
 int main() {

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <vector>
 #include <cuda_fp16.h>
+#include "stream_other.cuh"
 
 #define ROWS_PER_SLICE 64  // 8 warps x 2 steps x 4 rows
 #define DIM 384
@@ -156,16 +157,6 @@ __global__ void __launch_bounds__(256) fp16_by_sm(const uint4* items, unsigned n
     load_query_f(query, q);
     claim_slices(claims, n_sm, n_slices,
                  [&](unsigned slice) { fp16_slice(items, n_items, q, slice, out); });
-}
-
-__global__ void stream_other(const float4* __restrict__ data, size_t n, float* sink) {
-    float4 acc = make_float4(0, 0, 0, 0);
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const float4 v = data[i];
-        acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
-    }
-    if (acc.x == 12345.0f) *sink = acc.y + acc.z + acc.w;
 }
 
 #define CHECK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1); } } while (0)
